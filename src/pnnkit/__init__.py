@@ -1,0 +1,44 @@
+"""pnnkit — physical neural networks trained with physics-aware training (PAT).
+
+Public API (everything else is internal):
+  systems   :class:`PhysicalSystem`, :class:`FunctionSystem`, :class:`SystemSpec`, :class:`ParamSpec`
+  layers    :class:`PhysicalLayer`, :class:`ElementwiseRescale`, :class:`Slice`, :func:`set_mode`,
+            :func:`using_mode`, :func:`project_parameters`, :func:`physical_layers`, :func:`pat_forward`
+  twins     :class:`DigitalTwin`, :class:`MLPTwin`, :func:`fit_twin`, :func:`evaluate_twin`,
+            :class:`MeasurementSet`, :func:`acquire`
+  labs      :func:`make_lab`, :func:`lab_names`
+  errors    :class:`PnnkitError` and subclasses
+"""
+
+from __future__ import annotations
+
+from .errors import ConfigError, DataError, DeviceError, PnnkitError, RangeError, ShapeError, TwinError
+from .labs import lab_names, make_lab
+from .layers import (
+    MODES,
+    ElementwiseRescale,
+    PhysicalLayer,
+    Slice,
+    physical_layers,
+    project_parameters,
+    set_mode,
+    using_mode,
+)
+from .measurements import MeasurementSet, acquire
+from .pat import pat_forward, twin_vjp
+from .spec import ParamSpec, SystemSpec
+from .system import FunctionSystem, PhysicalSystem
+from .twins import DigitalTwin, FitReport, MLPTwin, evaluate_twin, fit_twin, register_twin
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError", "DataError", "DeviceError", "PnnkitError", "RangeError", "ShapeError", "TwinError",
+    "lab_names", "make_lab",
+    "MODES", "ElementwiseRescale", "PhysicalLayer", "Slice", "physical_layers", "project_parameters",
+    "set_mode", "using_mode",
+    "MeasurementSet", "acquire", "pat_forward", "twin_vjp",
+    "ParamSpec", "SystemSpec", "FunctionSystem", "PhysicalSystem",
+    "DigitalTwin", "FitReport", "MLPTwin", "evaluate_twin", "fit_twin", "register_twin",
+    "__version__",
+]

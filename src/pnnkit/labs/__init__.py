@@ -1,0 +1,40 @@
+"""Virtual labs: simulated physical systems with seeded, physically motivated imperfections.
+
+``make_lab(name, **options)`` builds a registered lab; ``lab_names()`` lists them. A lab module registers
+itself with :func:`register_lab`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import ConfigError
+from ..system import PhysicalSystem
+
+_LABS: dict[str, Callable[..., PhysicalSystem]] = {}
+# Lab modules imported lazily on first use (heavy optional dependencies stay optional).
+_LAB_MODULES: dict[str, str] = {"oscillators": "pnnkit.labs.oscillators"}
+
+
+def register_lab(name: str, factory: Callable[..., PhysicalSystem], module: str | None = None) -> None:
+    _LABS[name] = factory
+    if module:
+        _LAB_MODULES[name] = module
+
+
+def lab_names() -> list[str]:
+    return sorted(set(_LABS) | set(_LAB_MODULES))
+
+
+def make_lab(name: str, **options: Any) -> PhysicalSystem:
+    """Build lab ``name`` with ``options`` (constructor keyword arguments)."""
+    if name not in _LABS and name in _LAB_MODULES:
+        importlib.import_module(_LAB_MODULES[name])
+    if name not in _LABS:
+        raise ConfigError(f"unknown lab {name!r}; available: {', '.join(lab_names())}")
+    try:
+        return _LABS[name](**options)
+    except TypeError as e:
+        raise ConfigError(f"lab {name!r}: {e}") from e

@@ -1,0 +1,198 @@
+"""Physical layers (a physical system as an ``nn.Module`` owning its θ) and small digital layers around them."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError, ShapeError
+from .pat import Twin, pat_forward
+from .system import PhysicalSystem
+
+Mode = Literal["pat", "in_silico", "physical", "exact"]
+MODES: tuple[str, ...] = get_args(Mode)
+Constraint = Literal["clamp", "sigmoid"]
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ConfigError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    return mode
+
+
+class PhysicalLayer(nn.Module):
+    """A physical system used as a network layer; owns the system's controllable parameters θ.
+
+    Modes (see :func:`set_mode`):
+      * ``pat`` — forward on the system, backward = twin VJP at the measured input (physics-aware training);
+      * ``in_silico`` — forward and backward through the twin (never touches the system);
+      * ``physical`` — forward on the system without gradient (deployment / evaluation);
+      * ``exact`` — autograd through a differentiable simulation (to validate PAT).
+
+    Hard ranges are enforced at the call, so the system never receives an out-of-range value:
+      * inputs: ``input_constraint="clamp"`` (default) clips to ``[input_low, input_high]`` (zero gradient
+        outside); ``"sigmoid"`` maps ℝ smoothly onto the range.
+      * parameters: ``param_constraint="clamp"`` (default) stores θ directly, clips it at every call, and
+        :func:`project_parameters` (called by the trainer after each optimizer step) projects the stored
+        values back into range; ``"sigmoid"`` stores an unconstrained ``u`` with θ = low + (high−low)·σ(u).
+
+    Args:
+        system: the physical system.
+        twin: differentiable model ``twin(x, params) -> y`` (needed for ``pat`` and ``in_silico``).
+        mode: initial mode.
+        generator: RNG for initial θ (seeded initialisation).
+    """
+
+    def __init__(
+        self,
+        system: PhysicalSystem,
+        twin: Twin | None = None,
+        *,
+        mode: Mode = "pat",
+        input_constraint: Constraint = "clamp",
+        param_constraint: Constraint = "clamp",
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if input_constraint not in ("clamp", "sigmoid") or param_constraint not in ("clamp", "sigmoid"):
+            raise ConfigError("input_constraint and param_constraint must be 'clamp' or 'sigmoid'")
+        self.system = system
+        # The twin is shared, fitted separately and saved separately: keep it out of this module's parameters
+        # and state_dict so an optimizer over ``model.parameters()`` can never train it.
+        self.twin = twin
+        self.mode: str = _check_mode(mode)
+        self.input_constraint = input_constraint
+        self.param_constraint = param_constraint
+        dtype = dtype or torch.get_default_dtype()
+        self.theta = nn.ParameterDict()
+        for p in system.spec.params:
+            if p.init is not None:
+                v = torch.full(p.shape, float(p.init), dtype=dtype)
+            else:
+                mid, half = (p.low + p.high) / 2, (p.high - p.low) / 2 * p.init_scale
+                u = torch.rand(p.shape, generator=generator, dtype=dtype)
+                v = mid + half * (2 * u - 1)
+            if param_constraint == "sigmoid":
+                frac = ((v - p.low) / (p.high - p.low)).clamp(1e-4, 1 - 1e-4)
+                v = torch.log(frac) - torch.log1p(-frac)
+            self.theta[p.name] = nn.Parameter(v)
+
+    @property
+    def twin(self) -> Twin | None:
+        """The digital twin (not a submodule: never in ``parameters()`` or ``state_dict()``)."""
+        return self.__dict__["_twin"]
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "twin":  # bypass nn.Module registration on purpose
+            self.__dict__["_twin"] = value
+            return
+        super().__setattr__(name, value)
+
+    # --- θ and x in physical units --------------------------------------------------------------------------
+    def params(self) -> dict[str, Tensor]:
+        """θ in physical units, inside the hard ranges (differentiable w.r.t. the stored values)."""
+        out = {}
+        for p in self.system.spec.params:
+            v = self.theta[p.name]
+            if self.param_constraint == "sigmoid":
+                out[p.name] = p.low + (p.high - p.low) * torch.sigmoid(v)
+            else:
+                out[p.name] = v.clamp(p.low, p.high)
+        return out
+
+    def constrain_input(self, x: Tensor) -> Tensor:
+        lo, hi = self.system.spec.input_low, self.system.spec.input_high
+        if self.input_constraint == "sigmoid":
+            return lo + (hi - lo) * torch.sigmoid(x)
+        return x.clamp(lo, hi)
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Project stored θ back into its hard range (no-op for the sigmoid parameterisation)."""
+        if self.param_constraint != "clamp":
+            return
+        for p in self.system.spec.params:
+            self.theta[p.name].clamp_(p.low, p.high)
+
+    # --- forward ------------------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        spec = self.system.spec
+        if x.dim() != 2 or x.shape[1] != spec.input_dim:
+            raise ShapeError(f"{spec.name} layer: expected input (batch, {spec.input_dim}), got {tuple(x.shape)}")
+        x = self.constrain_input(x)
+        theta = self.params()
+        if self.mode in ("pat", "in_silico") and self.twin is None:
+            raise ConfigError(f"{spec.name} layer: mode {self.mode!r} needs a digital twin; none was given")
+        if self.mode == "pat":
+            return pat_forward(self.system, self.twin, x, theta)  # type: ignore[arg-type]
+        if self.mode == "in_silico":
+            return self.twin(x, theta)  # type: ignore[misc]
+        if self.mode == "physical":
+            with torch.no_grad():
+                return self.system(x, theta)
+        return self.system(x, theta, grad=True)  # exact
+
+    def extra_repr(self) -> str:
+        return f"system={self.system!r}, mode={self.mode!r}"
+
+
+class ElementwiseRescale(nn.Module):
+    """Trainable elementwise affine map ``y = a ⊙ x + b`` (the paper's digital rescaling between layers)."""
+
+    def __init__(self, dim: int, scale: float = 1.0, bias: float = 0.0, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((dim,), float(scale), dtype=dtype))
+        self.bias = nn.Parameter(torch.full((dim,), float(bias), dtype=dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale + self.bias
+
+
+class Slice(nn.Module):
+    """Keep outputs ``[start, stop)`` (e.g. the class outputs of the last physical layer)."""
+
+    def __init__(self, start: int, stop: int) -> None:
+        super().__init__()
+        self.start, self.stop = int(start), int(stop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[:, self.start : self.stop]
+
+    def extra_repr(self) -> str:
+        return f"[{self.start}:{self.stop}]"
+
+
+def physical_layers(model: nn.Module) -> Iterator[PhysicalLayer]:
+    """All physical layers in ``model``, in registration order."""
+    return (m for m in model.modules() if isinstance(m, PhysicalLayer))
+
+
+def set_mode(model: nn.Module, mode: Mode) -> nn.Module:
+    """Switch every physical layer in ``model`` to ``mode``; returns ``model``."""
+    _check_mode(mode)
+    for layer in physical_layers(model):
+        layer.mode = mode
+    return model
+
+
+@contextlib.contextmanager
+def using_mode(model: nn.Module, mode: Mode) -> Iterator[nn.Module]:
+    """Temporarily switch every physical layer of ``model`` to ``mode``."""
+    old = [(layer, layer.mode) for layer in physical_layers(model)]
+    set_mode(model, mode)
+    try:
+        yield model
+    finally:
+        for layer, m in old:
+            layer.mode = m
+
+
+def project_parameters(model: nn.Module) -> None:
+    """Project the θ of every physical layer back into its hard range (call after each optimizer step)."""
+    for layer in physical_layers(model):
+        layer.project_()

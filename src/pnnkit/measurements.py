@@ -1,0 +1,180 @@
+"""Measured data sets (x, θ) → y: space-filling acquisition from a system and HDF5 storage."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from scipy.stats import qmc
+from torch import Tensor
+
+from .errors import ConfigError, DataError
+from .spec import SystemSpec
+from .system import PhysicalSystem
+
+FORMAT = "pnnkit.measurements/1"
+
+
+@dataclass
+class MeasurementSet:
+    """Measurements of one system: ``x`` (N, in), ``params[name]`` (N, *shape), ``y`` (N, R, out).
+
+    ``R`` repeated measurements of the same (x, θ) estimate the device noise. ``meta`` carries the seed, date,
+    design and anything else worth keeping with the data.
+    """
+
+    spec: SystemSpec
+    x: Tensor
+    params: dict[str, Tensor]
+    y: Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.x.shape[0]
+        if self.y.dim() == 2:
+            self.y = self.y.unsqueeze(1)
+        if self.y.shape[0] != n or any(v.shape[0] != n for v in self.params.values()):
+            raise DataError("measurement arrays disagree on the number of samples")
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def y_mean(self) -> Tensor:
+        return self.y.mean(dim=1)
+
+    def noise_std(self) -> Tensor | None:
+        """Per-output noise std estimated from repeats (``None`` with a single repeat)."""
+        if self.y.shape[1] < 2:
+            return None
+        return self.y.std(dim=1, unbiased=True).pow(2).mean(dim=0).sqrt()
+
+    def subset(self, idx: Tensor) -> "MeasurementSet":
+        return MeasurementSet(self.spec, self.x[idx], {k: v[idx] for k, v in self.params.items()}, self.y[idx], dict(self.meta))
+
+    def concat(self, other: "MeasurementSet") -> "MeasurementSet":
+        if not self.spec.same_interface(other.spec):
+            raise DataError("cannot concatenate measurements of different systems")
+        r = min(self.y.shape[1], other.y.shape[1])
+        return MeasurementSet(
+            self.spec,
+            torch.cat([self.x, other.x]),
+            {k: torch.cat([v, other.params[k]]) for k, v in self.params.items()},
+            torch.cat([self.y[:, :r], other.y[:, :r]]),
+            {**self.meta, "concatenated": True},
+        )
+
+    # --- HDF5 ---------------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write an HDF5 file (datasets ``x``, ``y``, ``params/<name>``; spec, units and meta as attributes)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["spec"] = json.dumps(self.spec.to_dict())
+            f.attrs["meta"] = json.dumps(self.meta, default=str)
+            dx = f.create_dataset("x", data=self.x.cpu().numpy())
+            dx.attrs["unit"] = self.spec.input_unit
+            dy = f.create_dataset("y", data=self.y.cpu().numpy())
+            dy.attrs["unit"] = self.spec.output_unit
+            dy.attrs["axes"] = "sample, repeat, output"
+            g = f.create_group("params")
+            for p in self.spec.params:
+                d = g.create_dataset(p.name, data=self.params[p.name].cpu().numpy())
+                d.attrs["unit"] = p.unit
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "MeasurementSet":
+        path = Path(path)
+        if not path.exists():
+            raise DataError(f"measurement file not found: {path}")
+        try:
+            with h5py.File(path, "r") as f:
+                if f.attrs.get("format") != FORMAT:
+                    raise DataError(f"{path} is not a pnnkit measurement file (format {f.attrs.get('format')!r})")
+                spec = SystemSpec.from_dict(json.loads(f.attrs["spec"]))
+                meta = json.loads(f.attrs["meta"])
+                x = torch.from_numpy(f["x"][...])
+                y = torch.from_numpy(f["y"][...])
+                params = {p.name: torch.from_numpy(f["params"][p.name][...]) for p in spec.params}
+        except (OSError, KeyError) as e:
+            raise DataError(f"cannot read measurement file {path}: {e}") from e
+        return cls(spec, x, params, y, meta)
+
+
+def _design(kind: str, dim: int, n: int, seed: int) -> np.ndarray:
+    """``n`` space-filling points in ``[0, 1)^dim``."""
+    if kind == "sobol":
+        m = max(0, math.ceil(math.log2(max(n, 1))))
+        pts = qmc.Sobol(d=dim, scramble=True, seed=seed).random_base2(m)[:n]
+    elif kind == "lhs":
+        pts = qmc.LatinHypercube(d=dim, seed=seed).random(n)
+    elif kind == "random":
+        pts = np.random.default_rng(seed).random((n, dim))
+    else:
+        raise ConfigError(f"unknown design {kind!r}; choose sobol, lhs or random")
+    return pts
+
+
+def acquire(
+    system: PhysicalSystem,
+    n_samples: int,
+    *,
+    inputs_per_setting: int = 64,
+    design: str = "sobol",
+    repeats: int = 1,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+) -> MeasurementSet:
+    """Measure ``system`` on a space-filling design over its declared input and parameter ranges.
+
+    Parameter settings (θ) come from one design over the θ box; for each setting a batch of
+    ``inputs_per_setting`` inputs from a second design over the input box is measured in one call (devices
+    change θ slowly and measure batches fast). Each call is repeated ``repeats`` times to estimate noise.
+    """
+    if n_samples < 2 or inputs_per_setting < 1 or repeats < 1:
+        raise ConfigError("acquire: need n_samples ≥ 2, inputs_per_setting ≥ 1, repeats ≥ 1")
+    spec = system.spec
+    n_set = math.ceil(n_samples / inputs_per_setting)
+    n = n_set * inputs_per_setting
+    pdim = spec.n_params
+    theta_u = _design(design, pdim, n_set, seed) if pdim else np.zeros((n_set, 0))
+    x_u = _design(design, spec.input_dim, n, seed + 1)
+    x_all = torch.as_tensor(spec.input_low + (spec.input_high - spec.input_low) * x_u, dtype=dtype)
+    x_all = x_all.clamp(spec.input_low, spec.input_high)
+    ys, ps = [], {p.name: [] for p in spec.params}
+    it = range(n_set)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc=f"measuring {spec.name}", unit="setting")
+    for s in it:
+        off, params = 0, {}
+        for p in spec.params:
+            u = torch.as_tensor(theta_u[s, off : off + p.numel], dtype=dtype).reshape(p.shape)
+            params[p.name] = (p.low + (p.high - p.low) * u).clamp(p.low, p.high)
+            off += p.numel
+        xb = x_all[s * inputs_per_setting : (s + 1) * inputs_per_setting]
+        ys.append(torch.stack([system(xb, params) for _ in range(repeats)], dim=1))
+        for k, v in params.items():
+            ps[k].append(v.expand(xb.shape[0], *v.shape))
+    meta = {
+        "seed": seed,
+        "design": design,
+        "inputs_per_setting": inputs_per_setting,
+        "repeats": repeats,
+        "system": spec.name,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return MeasurementSet(spec, x_all, {k: torch.cat(v) for k, v in ps.items()}, torch.cat(ys), meta)

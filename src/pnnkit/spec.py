@@ -1,0 +1,120 @@
+"""Declarative description of a physical system: what goes in, what comes out, in which units and ranges."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One named, controllable parameter block of a physical system.
+
+    Attributes:
+        name: identifier, used as the key in parameter dicts.
+        shape: shape of the block (``()`` for a scalar).
+        low, high: hard range, in ``unit``; the system never receives a value outside it.
+        unit: physical unit of the values (e.g. ``"rad"``, ``"V"``, ``"1"`` for dimensionless).
+        init: initial value for trainable layers (``None``: uniform in ``[low, high]`` scaled by ``init_scale``).
+        init_scale: when ``init`` is ``None``, draw uniformly in ``mid ± init_scale·(high−low)/2``.
+        doc: one-line description.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    low: float
+    high: float
+    unit: str = "1"
+    init: float | None = None
+    init_scale: float = 0.5
+    doc: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        if not self.name.isidentifier():
+            raise ConfigError(f"parameter name {self.name!r} must be a Python identifier")
+        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
+            raise ConfigError(f"parameter {self.name!r}: need finite low < high, got [{self.low}, {self.high}]")
+        if self.init is not None and not (self.low <= self.init <= self.high):
+            raise ConfigError(f"parameter {self.name!r}: init {self.init} outside [{self.low}, {self.high}]")
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """What a physical system accepts and returns.
+
+    Attributes:
+        name: short identifier of the system (e.g. ``"oscillators"``).
+        input_dim: number of input values per sample.
+        output_dim: number of output values per sample.
+        input_low, input_high: hard range of every input value, in ``input_unit``.
+        params: the controllable parameter blocks.
+        input_unit, output_unit: physical units.
+        noise_std: typical measurement noise (std, in ``output_unit``), if known.
+        meta: free-form facts (lab settings, instrument id) stored with measurements.
+    """
+
+    name: str
+    input_dim: int
+    output_dim: int
+    input_low: float
+    input_high: float
+    params: tuple[ParamSpec, ...] = ()
+    input_unit: str = "1"
+    output_unit: str = "1"
+    noise_std: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", tuple(self.params))
+        if self.input_dim < 1 or self.output_dim < 1:
+            raise ConfigError(f"system {self.name!r}: input_dim and output_dim must be ≥ 1")
+        if not (self.input_low < self.input_high):
+            raise ConfigError(f"system {self.name!r}: need input_low < input_high")
+        names = [p.name for p in self.params]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"system {self.name!r}: duplicate parameter names {names}")
+
+    @property
+    def param_names(self) -> list[str]:
+        return [p.name for p in self.params]
+
+    @property
+    def n_params(self) -> int:
+        """Total number of scalar controllable parameters."""
+        return sum(p.numel for p in self.params)
+
+    def param(self, name: str) -> ParamSpec:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise ConfigError(f"system {self.name!r} has no parameter {name!r}; it has {self.param_names}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["params"] = [asdict(p) for p in self.params]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SystemSpec":
+        d = dict(d)
+        d["params"] = tuple(ParamSpec(**{**p, "shape": tuple(p["shape"])}) for p in d.get("params", ()))
+        return cls(**d)
+
+    def same_interface(self, other: "SystemSpec") -> bool:
+        """True when ``other`` has the same dimensions, ranges and parameter blocks (the twin contract)."""
+        return (
+            self.input_dim == other.input_dim
+            and self.output_dim == other.output_dim
+            and self.input_low == other.input_low
+            and self.input_high == other.input_high
+            and [(p.name, p.shape, p.low, p.high) for p in self.params]
+            == [(p.name, p.shape, p.low, p.high) for p in other.params]
+        )

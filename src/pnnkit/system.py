@@ -1,0 +1,166 @@
+"""The interface between pnnkit and a physical device (or a simulation standing in for one)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import DeviceError, RangeError, ShapeError
+from .spec import SystemSpec
+
+Params = Mapping[str, Tensor]
+
+
+class PhysicalSystem(ABC):
+    """A controllable physical system ``y = f_p(x, θ)``: implement :meth:`measure` and set :attr:`spec`.
+
+    ``measure`` receives a batch ``x`` of shape ``(B, spec.input_dim)`` and one parameter setting per call
+    (``params[name]`` has the declared shape), both as detached CPU tensors already checked against their hard
+    ranges; it returns ``(B, spec.output_dim)`` as a tensor or numpy array. A numpy / subprocess / instrument
+    implementation never sees autograd. Call the system (``system(x, params)``), not ``measure``: the call checks
+    shapes and ranges *before* anything reaches the device, checks the measurement is finite, and counts queries.
+
+    Subclasses whose ``measure`` is a differentiable torch computation set ``differentiable = True``; only then
+    can a layer run in ``exact`` mode. Simulations with random noise may expose ``get_state``/``set_state`` so
+    that a training run can be checkpointed and resumed bit-identically.
+    """
+
+    spec: SystemSpec
+    differentiable: bool = False
+    #: when True the system also accepts per-sample parameters, ``params[name]`` of shape ``(B, *shape)``.
+    batched_params: bool = False
+
+    @abstractmethod
+    def measure(self, x: Tensor, params: Params) -> Tensor | np.ndarray:
+        """Run the device on a batch. Units as in :attr:`spec`."""
+
+    # --- bookkeeping -------------------------------------------------------------------------------------
+    @property
+    def calls(self) -> int:
+        return getattr(self, "_calls", 0)
+
+    @property
+    def queries(self) -> int:
+        """Samples sent through the system so far (one sample through one call = one query)."""
+        return getattr(self, "_queries", 0)
+
+    def reset_counters(self) -> None:
+        self._calls = 0
+        self._queries = 0
+
+    def get_state(self) -> dict[str, Any]:
+        """Mutable state (e.g. noise generators) needed to resume a run exactly; default none."""
+        return {}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`get_state` returned."""
+
+    # --- the guarded call ----------------------------------------------------------------------------------
+    def check_inputs(self, x: Tensor, params: Params) -> int:
+        """Raise :class:`ShapeError` / :class:`RangeError` unless ``x`` and ``params`` fit the spec; return B."""
+        spec = self.spec
+        if not isinstance(x, Tensor):
+            raise ShapeError(f"{spec.name}: x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 2 or x.shape[1] != spec.input_dim:
+            raise ShapeError(
+                f"{spec.name}: x must have shape (batch, {spec.input_dim}), got {tuple(x.shape)}"
+            )
+        batch = x.shape[0]
+        if batch == 0:
+            raise ShapeError(f"{spec.name}: empty batch")
+        if not torch.isfinite(x).all():
+            raise RangeError(f"{spec.name}: input contains NaN or inf")
+        lo, hi = spec.input_low, spec.input_high
+        if bool((x < lo).any()) or bool((x > hi).any()):
+            raise RangeError(
+                f"{spec.name}: input outside its hard range [{lo}, {hi}] {spec.input_unit} "
+                f"(min {x.min().item():.6g}, max {x.max().item():.6g}); constrain it before the call"
+            )
+        missing = set(spec.param_names) - set(params)
+        extra = set(params) - set(spec.param_names)
+        if missing or extra:
+            raise ShapeError(
+                f"{spec.name}: parameters {sorted(params)} do not match the spec {spec.param_names}"
+                + (f"; missing {sorted(missing)}" if missing else "")
+                + (f"; unknown {sorted(extra)}" if extra else "")
+            )
+        for p in spec.params:
+            v = params[p.name]
+            if not isinstance(v, Tensor):
+                raise ShapeError(f"{spec.name}: parameter {p.name!r} must be a tensor")
+            ok_shared = tuple(v.shape) == p.shape
+            ok_batched = self.batched_params and tuple(v.shape) == (batch, *p.shape)
+            if not (ok_shared or ok_batched):
+                want = f"{p.shape}" + (f" or {(batch, *p.shape)}" if self.batched_params else "")
+                raise ShapeError(f"{spec.name}: parameter {p.name!r} must have shape {want}, got {tuple(v.shape)}")
+            if not torch.isfinite(v).all():
+                raise RangeError(f"{spec.name}: parameter {p.name!r} contains NaN or inf")
+            if bool((v < p.low).any()) or bool((v > p.high).any()):
+                raise RangeError(
+                    f"{spec.name}: parameter {p.name!r} outside its hard range [{p.low}, {p.high}] {p.unit} "
+                    f"(min {v.min().item():.6g}, max {v.max().item():.6g})"
+                )
+        return batch
+
+    def __call__(self, x: Tensor, params: Params, *, grad: bool = False) -> Tensor:
+        """Measure a batch: check, run :meth:`measure`, check the result, count queries.
+
+        ``grad=True`` keeps the autograd graph (``exact`` mode; differentiable systems only).
+        """
+        batch = self.check_inputs(x, params)
+        if grad and not self.differentiable:
+            raise DeviceError(f"{self.spec.name}: system is not differentiable; 'exact' mode needs a simulation")
+        if grad:
+            y = self.measure(x, dict(params))
+        else:
+            with torch.no_grad():
+                y = self.measure(x.detach(), {k: v.detach() for k, v in params.items()})
+        if isinstance(y, np.ndarray):
+            y = torch.from_numpy(np.ascontiguousarray(y)).to(x.dtype)
+        if not isinstance(y, Tensor):
+            raise DeviceError(f"{self.spec.name}: measure() returned {type(y).__name__}, expected a tensor or array")
+        if tuple(y.shape) != (batch, self.spec.output_dim):
+            raise DeviceError(
+                f"{self.spec.name}: measure() returned shape {tuple(y.shape)}, expected ({batch}, {self.spec.output_dim})"
+            )
+        if not torch.isfinite(y).all():
+            bad = int((~torch.isfinite(y)).any(dim=1).sum())
+            raise DeviceError(f"{self.spec.name}: measurement returned NaN/inf for {bad} of {batch} samples")
+        self._calls = self.calls + 1
+        self._queries = self.queries + batch
+        return y if y.dtype == x.dtype else y.to(x.dtype)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec.name!r}, in={self.spec.input_dim}, out={self.spec.output_dim})"
+
+
+class FunctionSystem(PhysicalSystem):
+    """Wrap a plain function ``fn(x, params) -> y`` (torch or numpy) and a spec as a :class:`PhysicalSystem`.
+
+    ``numpy=True`` hands ``fn`` numpy arrays instead of tensors (for instrument or subprocess code).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        spec: SystemSpec,
+        *,
+        numpy: bool = False,
+        differentiable: bool = False,
+        batched_params: bool = False,
+    ) -> None:
+        self.fn = fn
+        self.spec = spec
+        self.numpy = numpy
+        self.differentiable = differentiable and not numpy
+        self.batched_params = batched_params
+
+    def measure(self, x: Tensor, params: Params) -> Tensor | np.ndarray:
+        if self.numpy:
+            return np.asarray(self.fn(x.cpu().numpy(), {k: v.cpu().numpy() for k, v in params.items()}))
+        return self.fn(x, params)

@@ -1,0 +1,307 @@
+"""Digital twins: differentiable models ``f_m(x, θ) ≈ f_p(x, θ)`` fitted to measurements, saved as safetensors + JSON."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .errors import ConfigError, TwinError
+from .measurements import MeasurementSet
+from .spec import SystemSpec
+
+TWIN_FORMAT = "pnnkit.twin/1"
+_REGISTRY: dict[str, type["DigitalTwin"]] = {}
+
+
+def register_twin(cls: type["DigitalTwin"]) -> type["DigitalTwin"]:
+    """Class decorator: make a twin class loadable by name from a saved file."""
+    _REGISTRY[cls.kind] = cls
+    return cls
+
+
+def twin_kinds() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _flat_params(spec: SystemSpec, params: dict[str, Tensor], batch: int) -> Tensor:
+    """Concatenate parameter blocks to ``(batch, n_params)`` (shared θ is broadcast over the batch)."""
+    cols = []
+    for p in spec.params:
+        v = params[p.name]
+        if v.dim() == len(p.shape):
+            v = v.reshape(1, p.numel).expand(batch, p.numel)
+        else:
+            v = v.reshape(batch, p.numel)
+        cols.append(v)
+    return torch.cat(cols, dim=1) if cols else torch.zeros(batch, 0)
+
+
+class DigitalTwin(nn.Module):
+    """Base class: a differentiable ``forward(x, params) -> y`` for a system with ``spec``.
+
+    Subclasses set ``kind`` (registry name) and implement ``config()`` (JSON-able constructor kwargs beyond the
+    spec) so a saved twin can be rebuilt. ``report`` holds the last fit's validation metrics.
+    """
+
+    kind: ClassVar[str] = "base"
+
+    def __init__(self, spec: SystemSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.report: FitReport | None = None
+
+    def config(self) -> dict[str, Any]:
+        return {}
+
+    # --- persistence --------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (.safetensors weights) and ``path`` with suffix ``.json`` (kind, spec, config, report)."""
+        path = Path(path).with_suffix(".safetensors")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous().clone() for k, v in self.state_dict().items()}
+        save_file(tensors, str(path), metadata={"format": TWIN_FORMAT, "kind": self.kind})
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        meta = {
+            "format": TWIN_FORMAT,
+            "kind": self.kind,
+            "spec": self.spec.to_dict(),
+            "config": self.config(),
+            "report": asdict(self.report) if self.report else None,
+            "weights": path.name,
+            "sha256": digest,
+        }
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+        return path
+
+    @staticmethod
+    def load(path: str | Path, expect_spec: SystemSpec | None = None) -> "DigitalTwin":
+        """Load a twin saved by :meth:`save`; raise :class:`TwinError` if it is missing, corrupt or mismatched."""
+        path = Path(path)
+        wpath, jpath = path.with_suffix(".safetensors"), path.with_suffix(".json")
+        for p in (wpath, jpath):
+            if not p.exists():
+                raise TwinError(f"twin file missing: {p}")
+        try:
+            meta = json.loads(jpath.read_text())
+        except json.JSONDecodeError as e:
+            raise TwinError(f"twin description {jpath} is not valid JSON: {e}") from e
+        if not isinstance(meta, dict) or meta.get("format") != TWIN_FORMAT:
+            raise TwinError(f"{jpath} is not a pnnkit twin description (format {TWIN_FORMAT} expected)")
+        if hashlib.sha256(wpath.read_bytes()).hexdigest() != meta.get("sha256"):
+            raise TwinError(f"twin weights {wpath} do not match the checksum in {jpath.name} (corrupt or replaced)")
+        kind = meta.get("kind")
+        if kind not in _REGISTRY:
+            raise TwinError(f"unknown twin kind {kind!r} in {jpath}; known: {twin_kinds()}")
+        try:
+            spec = SystemSpec.from_dict(meta["spec"])
+        except (TypeError, KeyError, ConfigError) as e:
+            raise TwinError(f"twin {jpath} has an invalid system spec: {e}") from e
+        if expect_spec is not None and not spec.same_interface(expect_spec):
+            raise TwinError(
+                f"twin {path.name} was fitted to system {spec.name!r} (in={spec.input_dim}, out={spec.output_dim}, "
+                f"params={spec.param_names}) which does not match {expect_spec.name!r} "
+                f"(in={expect_spec.input_dim}, out={expect_spec.output_dim}, params={expect_spec.param_names})"
+            )
+        try:
+            tensors = load_file(str(wpath))
+        except (SafetensorError, OSError) as e:
+            raise TwinError(f"cannot read twin weights {wpath}: {e}") from e
+        twin = _REGISTRY[kind].from_config(spec, meta.get("config", {}))
+        try:
+            twin.load_state_dict(tensors, strict=True)
+        except RuntimeError as e:
+            raise TwinError(f"twin weights {wpath} do not fit a {kind} twin: {str(e).splitlines()[0]}") from e
+        if meta.get("report"):
+            twin.report = FitReport(**meta["report"])
+        twin.eval().requires_grad_(False)
+        return twin
+
+    @classmethod
+    def from_config(cls, spec: SystemSpec, config: dict[str, Any]) -> "DigitalTwin":
+        return cls(spec, **config)
+
+
+@register_twin
+class MLPTwin(DigitalTwin):
+    """Black-box twin: MLP on ``[x, θ]`` mapped from their hard ranges to [−1, 1]; outputs standardised.
+
+    Args:
+        spec: the system's spec.
+        hidden: widths of the hidden layers.
+        activation: ``"silu"``, ``"tanh"`` or ``"gelu"`` (smooth, so the VJP is meaningful).
+    """
+
+    kind: ClassVar[str] = "mlp"
+    _ACT: ClassVar[dict[str, type[nn.Module]]] = {"silu": nn.SiLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+    def __init__(self, spec: SystemSpec, hidden: tuple[int, ...] | list[int] = (256, 256), activation: str = "silu") -> None:
+        super().__init__(spec)
+        if activation not in self._ACT:
+            raise ConfigError(f"unknown activation {activation!r}; choose one of {sorted(self._ACT)}")
+        self.hidden = tuple(int(h) for h in hidden)
+        self.activation = activation
+        n_in = spec.input_dim + spec.n_params
+        lows = [spec.input_low] * spec.input_dim
+        highs = [spec.input_high] * spec.input_dim
+        for p in spec.params:
+            lows += [p.low] * p.numel
+            highs += [p.high] * p.numel
+        lo, hi = torch.tensor(lows), torch.tensor(highs)
+        self.register_buffer("in_center", (lo + hi) / 2)
+        self.register_buffer("in_halfwidth", (hi - lo) / 2)
+        self.register_buffer("out_mean", torch.zeros(spec.output_dim))
+        self.register_buffer("out_std", torch.ones(spec.output_dim))
+        layers: list[nn.Module] = []
+        width = n_in
+        for h in self.hidden:
+            layers += [nn.Linear(width, h), self._ACT[activation]()]
+            width = h
+        layers.append(nn.Linear(width, spec.output_dim))
+        self.net = nn.Sequential(*layers)
+
+    def config(self) -> dict[str, Any]:
+        return {"hidden": list(self.hidden), "activation": self.activation}
+
+    def set_output_stats(self, y: Tensor) -> None:
+        self.out_mean.copy_(y.mean(0))
+        self.out_std.copy_(y.std(0).clamp_min(1e-8 * (y.abs().max() + 1e-30)).clamp_min(1e-12))
+
+    def forward(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
+        z = torch.cat([x, _flat_params(self.spec, params, x.shape[0]).to(x.dtype)], dim=1)
+        z = (z - self.in_center.to(x.dtype)) / self.in_halfwidth.to(x.dtype)
+        return self.net(z) * self.out_std.to(x.dtype) + self.out_mean.to(x.dtype)
+
+
+@dataclass
+class FitReport:
+    """Validation metrics of a twin fit. NRMSE = RMSE / std of the measured output (per output and pooled)."""
+
+    train_samples: int
+    val_samples: int
+    val_nrmse: float
+    val_nrmse_per_output: list[float]
+    epochs: int
+    noise_floor_nrmse: float | None = None
+
+    def summary(self) -> str:
+        s = f"twin: {self.train_samples} train / {self.val_samples} val samples, val NRMSE {self.val_nrmse:.4f}"
+        if self.noise_floor_nrmse is not None:
+            s += f" (measurement-noise floor {self.noise_floor_nrmse:.4f})"
+        return s
+
+
+def nrmse(pred: Tensor, target: Tensor) -> tuple[float, list[float]]:
+    """Pooled and per-output RMSE normalised by the std of ``target`` over samples."""
+    err = (pred - target).pow(2).mean(0)
+    var = target.var(0, unbiased=False).clamp_min(1e-30)
+    per = (err / var).sqrt()
+    pooled = math.sqrt(float(err.sum() / var.sum()))
+    return pooled, [float(v) for v in per]
+
+
+def fit_twin(
+    twin: DigitalTwin,
+    data: MeasurementSet,
+    *,
+    epochs: int = 200,
+    lr: float = 2e-3,
+    batch_size: int = 512,
+    val_fraction: float = 0.15,
+    patience: int = 20,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    progress: bool = False,
+) -> FitReport:
+    """Fit ``twin`` to ``data`` (MSE on standardised outputs, Adam, cosine LR, early stopping on a held-out split).
+
+    Restores the best validation weights, freezes the twin (eval mode, no grad) and returns its :class:`FitReport`
+    (also stored as ``twin.report``).
+    """
+    if not twin.spec.same_interface(data.spec):
+        raise TwinError(f"twin for {twin.spec.name!r} cannot be fitted to measurements of {data.spec.name!r}")
+    n = len(data)
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=gen)
+    n_val = max(1, int(round(val_fraction * n)))
+    if n - n_val < 1:
+        raise ConfigError(f"too few measurements ({n}) to hold out a validation split")
+    val_idx, tr_idx = perm[:n_val], perm[n_val:]
+    dtype = next((p.dtype for p in twin.parameters()), torch.get_default_dtype())
+    x = data.x.to(dtype)
+    y = data.y_mean.to(dtype)
+    params = {k: v.to(dtype) for k, v in data.params.items()}
+    if isinstance(twin, MLPTwin):
+        twin.set_output_stats(y[tr_idx])
+    scale = y[tr_idx].std(0).clamp_min(1e-12)
+    twin.train().requires_grad_(True)
+    trainable = [p for p in twin.parameters() if p.requires_grad]
+    if not trainable:
+        raise TwinError("twin has no trainable parameters to fit")
+    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(tr_idx) / batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+
+    def predict(idx: Tensor) -> Tensor:
+        outs = []
+        for i in range(0, len(idx), 4096):
+            b = idx[i : i + 4096]
+            outs.append(twin(x[b], {k: v[b] for k, v in params.items()}))
+        return torch.cat(outs)
+
+    best, best_state, bad, epoch = math.inf, copy.deepcopy(twin.state_dict()), 0, 0
+    it = range(epochs)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc=f"fitting {twin.kind} twin", unit="epoch")
+    for epoch in it:
+        twin.train()
+        order = tr_idx[torch.randperm(len(tr_idx), generator=gen)]
+        for i in range(0, len(order), batch_size):
+            b = order[i : i + batch_size]
+            pred = twin(x[b], {k: v[b] for k, v in params.items()})
+            loss = ((pred - y[b]) / scale).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        twin.eval()
+        with torch.no_grad():
+            val = float((((predict(val_idx) - y[val_idx]) / scale).pow(2)).mean())
+        if not math.isfinite(val):
+            raise TwinError(f"twin fit diverged at epoch {epoch} (validation loss {val}); lower the learning rate")
+        if val < best - 1e-9:
+            best, best_state, bad = val, copy.deepcopy(twin.state_dict()), 0
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    twin.load_state_dict(best_state)
+    twin.eval().requires_grad_(False)
+    with torch.no_grad():
+        pooled, per = nrmse(predict(val_idx), y[val_idx])
+    floor = None
+    noise = data.noise_std()
+    if noise is not None:
+        var = y[val_idx].var(0, unbiased=False).clamp_min(1e-30)
+        floor = math.sqrt(float((noise.to(dtype).pow(2) / data.y.shape[1]).sum() / var.sum()))
+    twin.report = FitReport(len(tr_idx), len(val_idx), pooled, per, epoch + 1, floor)
+    return twin.report
+
+
+def evaluate_twin(twin: DigitalTwin, data: MeasurementSet) -> tuple[float, list[float]]:
+    """NRMSE of ``twin`` on a (fresh) measurement set."""
+    dtype = next((p.dtype for p in twin.parameters()), torch.get_default_dtype())
+    with torch.no_grad():
+        pred = twin(data.x.to(dtype), {k: v.to(dtype) for k, v in data.params.items()})
+    return nrmse(pred, data.y_mean.to(dtype))
