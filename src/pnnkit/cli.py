@@ -1,2 +1,218 @@
+"""Command-line interface: ``pnnkit demo | run | twin fit | train | evaluate | toy-gap | labs``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
-app = typer.Typer()
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from .errors import PnnkitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Physical neural networks with physics-aware training.")
+twin_app = typer.Typer(no_args_is_help=True, help="Measure a system and fit / inspect digital twins.")
+app.add_typer(twin_app, name="twin")
+console = Console()
+
+
+def _fail(e: Exception) -> None:
+    console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def demo_config_text() -> str:
+    return resources.files("pnnkit").joinpath("presets/demo.yaml").read_text()
+
+
+def _print_results(results: dict) -> None:
+    t = Table(title=f"{results['task']} on {results['system']} (unit {results['unit']})")
+    for c in ("method", "physical test acc", "twin test acc", "device queries", "train s"):
+        t.add_column(c, justify="right")
+    for m, r in results["methods"].items():
+        twin = "—" if r.get("twin_test_accuracy") is None else f"{r['twin_test_accuracy']:.3f}"
+        t.add_row(m, f"{r['test_accuracy']:.3f}", twin, str(r["physical_queries"]), f"{r['train_seconds']:.1f}")
+    console.print(t)
+    if results.get("twin"):
+        tw = results["twin"]
+        console.print(f"twin: {tw['kind']}, {tw['train_samples']} training samples, validation NRMSE {tw['val_nrmse']:.4f}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("demo-out"),
+    show_config: Annotated[bool, typer.Option(help="print the embedded config and exit")] = False,
+    epochs: Annotated[Optional[int], typer.Option(help="override training epochs (quick runs)")] = None,
+) -> None:
+    """The main job: digits on a two-layer oscillator PNN, PAT vs in-silico, evaluated on the lab."""
+    from .config import validate_config
+    from .experiments import run_experiment
+
+    text = demo_config_text()
+    if show_config:
+        typer.echo(text)
+        return
+    try:
+        data = yaml.safe_load(text)
+        if epochs is not None:
+            data["training"]["epochs"] = epochs
+        cfg = validate_config(data, "demo")
+        results = run_experiment(cfg, out, progress=sys.stderr.isatty())
+    except PnnkitError as e:
+        _fail(e)
+    _print_results(results)
+    console.print(f"wrote {out / 'results.json'}")
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="experiment YAML")],
+    out: Annotated[Path, typer.Option(help="output directory")],
+    resume: Annotated[bool, typer.Option(help="resume each method from its checkpoint in OUT")] = False,
+) -> None:
+    """Run an experiment config: measure, fit the twin, train every method, evaluate on the lab."""
+    from .config import load_config
+    from .experiments import run_experiment
+
+    try:
+        cfg = load_config(config)
+        results = run_experiment(cfg, out, progress=sys.stderr.isatty(), resume=resume)
+    except PnnkitError as e:
+        _fail(e)
+    _print_results(results)
+    console.print(f"wrote {out / 'results.json'}")
+
+
+@twin_app.command("fit")
+def twin_fit(
+    config: Annotated[Path, typer.Argument(help="experiment YAML (its lab and twin sections are used)")],
+    out: Annotated[Path, typer.Option(help="output directory for measurements and twin")],
+) -> None:
+    """Measure the lab on a space-filling design, fit the twin, save HDF5 data + safetensors/JSON twin."""
+    from .config import load_config
+    from .experiments import build_lab, make_twin
+
+    try:
+        cfg = load_config(config)
+        out.mkdir(parents=True, exist_ok=True)
+        res = make_twin(build_lab(cfg.lab), cfg.twin, out, progress=sys.stderr.isatty())
+    except PnnkitError as e:
+        _fail(e)
+    rep = res.twin.report
+    console.print(rep.summary() if rep else "twin loaded")
+    console.print(f"wrote {out / 'twin.safetensors'}, {out / 'twin.json'}, {out / 'twin_measurements.h5'}")
+
+
+@twin_app.command("show")
+def twin_show(path: Annotated[Path, typer.Argument(help="twin .safetensors or .json")]) -> None:
+    """Print a saved twin's kind, system and validation report (verifies the checksum)."""
+    from .twins import DigitalTwin
+
+    try:
+        tw = DigitalTwin.load(path)
+    except PnnkitError as e:
+        _fail(e)
+    console.print(f"{tw.kind} twin for {tw.spec.name!r}: in={tw.spec.input_dim}, out={tw.spec.output_dim}, "
+                  f"params={tw.spec.n_params}")
+    if tw.report:
+        console.print(tw.report.summary())
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="experiment YAML")],
+    out: Annotated[Path, typer.Option(help="output directory")],
+    method: Annotated[str, typer.Option(help="pat | in_silico | exact")] = "pat",
+    twin: Annotated[Optional[Path], typer.Option(help="saved twin to use instead of fitting one")] = None,
+    resume: Annotated[bool, typer.Option(help="resume from OUT/METHOD/checkpoint")] = False,
+) -> None:
+    """Train one method; saves OUT/METHOD/model.safetensors and OUT/METHOD/result.json."""
+    from .config import load_config
+    from .experiments import build_lab, make_twin, train_method
+    from .tasks import load_task
+
+    try:
+        cfg = load_config(config)
+        if method not in ("pat", "in_silico", "exact"):
+            raise PnnkitError(f"unknown method {method!r}; choose pat, in_silico or exact")
+        if twin is not None:
+            cfg.twin.path = str(twin)
+        task = load_task(cfg.task.name, **cfg.task.options)
+        system = build_lab(cfg.lab)
+        tw = make_twin(system, cfg.twin, out) if method != "exact" else None
+        model, res = train_method(cfg, task, system, tw.twin if tw else None, method, out / method,
+                                  sys.stderr.isatty(), resume)
+    except PnnkitError as e:
+        _fail(e)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / method / "model.safetensors"))
+    (out / method / "result.json").write_text(json.dumps(res.summary(), indent=2))
+    console.print(f"{method}: physical test accuracy {res.test_accuracy:.4f} "
+                  f"({res.physical_queries} device queries, {res.train_seconds:.1f} s)")
+
+
+@app.command()
+def evaluate(
+    config: Annotated[Path, typer.Argument(help="experiment YAML the weights were trained with")],
+    weights: Annotated[Path, typer.Option(help="model.safetensors written by `pnnkit train`")],
+    unit: Annotated[Optional[int], typer.Option(help="evaluate on another physical unit")] = None,
+) -> None:
+    """Deploy trained weights on the lab (physical mode) and print the test accuracy."""
+    from safetensors.torch import load_file
+
+    from .config import load_config
+    from .experiments import build_lab
+    from .networks import build_network
+    from .tasks import load_task
+    from .training import accuracy
+
+    try:
+        cfg = load_config(config)
+        if unit is not None:
+            cfg.lab.unit = unit
+        if not weights.exists():
+            raise PnnkitError(f"weights file not found: {weights}")
+        task = load_task(cfg.task.name, **cfg.task.options)
+        system = build_lab(cfg.lab)
+        model = build_network(cfg.network, task.n_features, task.n_classes, system, None, seed=cfg.seed)
+        try:
+            model.load_state_dict(load_file(str(weights)))
+        except (RuntimeError, OSError) as e:
+            raise PnnkitError(f"weights {weights} do not fit this config's network: {str(e).splitlines()[0]}") from e
+        acc = accuracy(model, task.x_test, task.y_test, "physical")
+    except PnnkitError as e:
+        _fail(e)
+    console.print(f"physical test accuracy on {system.spec.name} unit {cfg.lab.unit}: {acc:.4f}")
+
+
+@app.command("toy-gap")
+def toy_gap() -> None:
+    """The supplement's toy: forward and gradient gaps of in-silico vs PAT for 2x^1.1 vs 2.01x^1.1."""
+    from .toy import toy_table
+
+    t = Table(title="reality 2x^1.1, twin 2.01x^1.1, x0 = 1, n chained layers")
+    for c in ("n", "forward gap (twin chain)", "gradient gap: in silico", "gradient gap: PAT"):
+        t.add_column(c, justify="right")
+    for r in toy_table():
+        t.add_row(str(r.n), f"{100 * r.forward_gap:.2f} %", f"{100 * r.in_silico_grad_gap:.2f} %",
+                  f"{100 * r.pat_grad_gap:.2f} %")
+    console.print(t)
+
+
+@app.command()
+def labs() -> None:
+    """List the virtual labs."""
+    from .labs import lab_names
+
+    for n in lab_names():
+        typer.echo(n)
+
+
+def main() -> None:  # pragma: no cover
+    app()

@@ -81,14 +81,15 @@ class MeasurementSet:
             f.attrs["format"] = FORMAT
             f.attrs["spec"] = json.dumps(self.spec.to_dict())
             f.attrs["meta"] = json.dumps(self.meta, default=str)
-            dx = f.create_dataset("x", data=self.x.cpu().numpy())
+            z = {"compression": "gzip", "compression_opts": 1, "shuffle": True}  # θ repeats within a setting
+            dx = f.create_dataset("x", data=self.x.cpu().numpy(), **z)
             dx.attrs["unit"] = self.spec.input_unit
-            dy = f.create_dataset("y", data=self.y.cpu().numpy())
+            dy = f.create_dataset("y", data=self.y.cpu().numpy(), **z)
             dy.attrs["unit"] = self.spec.output_unit
             dy.attrs["axes"] = "sample, repeat, output"
             g = f.create_group("params")
             for p in self.spec.params:
-                d = g.create_dataset(p.name, data=self.params[p.name].cpu().numpy())
+                d = g.create_dataset(p.name, data=self.params[p.name].cpu().numpy(), **z)
                 d.attrs["unit"] = p.unit
         tmp.replace(path)
         return path

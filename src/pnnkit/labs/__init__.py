@@ -15,7 +15,7 @@ from ..system import PhysicalSystem
 
 _LABS: dict[str, Callable[..., PhysicalSystem]] = {}
 # Lab modules imported lazily on first use (heavy optional dependencies stay optional).
-_LAB_MODULES: dict[str, str] = {"oscillators": "pnnkit.labs.oscillators"}
+_LAB_MODULES: dict[str, str] = {"oscillators": "pnnkit.labs.oscillators", "shg": "pnnkit.labs.shg", "circuit": "pnnkit.labs.circuit", "plate": "pnnkit.labs.plate"}
 
 
 def register_lab(name: str, factory: Callable[..., PhysicalSystem], module: str | None = None) -> None:

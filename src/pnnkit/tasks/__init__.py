@@ -104,7 +104,7 @@ def _digits(test_size: int = 360, seed: int = 0) -> ClassificationTask:
 
 _TASKS: dict[str, Callable[..., ClassificationTask]] = {"digits": _digits}
 # Task modules imported on first use.
-_TASK_MODULES: dict[str, str] = {}
+_TASK_MODULES: dict[str, str] = {"vowels": "pnnkit.tasks.vowels", "mnist": "pnnkit.tasks.mnist"}
 
 
 def register_task(name: str, loader: Callable[..., ClassificationTask]) -> None:

@@ -1,0 +1,131 @@
+"""Experiment configuration (YAML → pydantic). Unknown or invalid keys are named in a one-line error."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+from .networks import NetworkConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskConfig(_Strict):
+    """Data set: a registered task name and its loader options (e.g. ``data_dir``, ``seed``)."""
+
+    name: str = "digits"
+    options: dict[str, Any] = {}
+
+
+class LabConfig(_Strict):
+    """The physical system: a registered lab, its physical ``unit`` (fixed defects), noise ``seed``, options."""
+
+    name: str = "oscillators"
+    unit: int = 0
+    seed: int = 0
+    imperfection_scale: float = Field(1.0, ge=0)
+    options: dict[str, Any] = {}
+
+
+class TwinFitConfig(_Strict):
+    """Twin fitting: Adam with cosine decay, early stopping on a held-out split."""
+
+    epochs: int = Field(200, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    batch_size: int = Field(512, gt=0)
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    patience: int = Field(20, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class TwinConfig(_Strict):
+    """Digital twin: ``mlp`` (black box) or ``physics`` (the lab's design model with fitted calibration).
+
+    ``samples`` measurements are taken on a ``design`` (sobol/lhs) over the declared ranges, each setting of θ
+    with ``inputs_per_setting`` inputs, repeated ``repeats`` times. ``path`` loads a saved twin instead.
+    """
+
+    kind: Literal["mlp", "physics"] = "mlp"
+    hidden: list[int] = [256, 256]
+    activation: Literal["silu", "tanh", "gelu"] = "silu"
+    samples: int = Field(20000, ge=2)
+    inputs_per_setting: int = Field(64, gt=0)
+    design: Literal["sobol", "lhs", "random"] = "sobol"
+    repeats: int = Field(2, ge=1)
+    seed: int = 0
+    fit: TwinFitConfig = TwinFitConfig()
+    path: str | None = None
+
+
+class TrainingConfig(_Strict):
+    """Optimisation (see :class:`pnnkit.training.TrainConfig`)."""
+
+    epochs: int = Field(20, gt=0)
+    batch_size: int = Field(64, gt=0)
+    lr: float = Field(0.01, gt=0)
+    physical_lr: float | None = Field(None, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    monitor_physical: bool = True
+
+
+class ExperimentConfig(_Strict):
+    """One experiment: task, lab, twin, network and training, run for each of ``methods``."""
+
+    name: str = "experiment"
+    seed: int = 0
+    task: TaskConfig = TaskConfig()
+    lab: LabConfig = LabConfig()
+    twin: TwinConfig = TwinConfig()
+    network: NetworkConfig = NetworkConfig()
+    training: TrainingConfig = TrainingConfig()
+    methods: list[Literal["pat", "in_silico", "exact"]] = ["pat", "in_silico"]
+
+
+def _fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys at ``loc`` inside ``model`` (for 'did you mean')."""
+    cur: Any = model
+    for part in loc[:-1]:
+        f = getattr(cur, "model_fields", {}).get(part)
+        if f is None:
+            return []
+        cur = f.annotation
+    return list(getattr(cur, "model_fields", {}))
+
+
+def validate_config(data: Any, source: str = "config") -> ExperimentConfig:
+    """Validate a parsed YAML mapping; raise :class:`ConfigError` naming the first bad key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                key = str(err["loc"][-1])
+                near = difflib.get_close_matches(key, _fields(ExperimentConfig, tuple(err["loc"])), n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                msgs.append(f"unknown key {loc!r}{hint}")
+            else:
+                msgs.append(f"{loc}: {err['msg']}")
+        raise ConfigError(f"{source}: " + "; ".join(msgs)) from None
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    return validate_config(data, str(path))

@@ -1,0 +1,150 @@
+"""Run an experiment config end to end: measure, fit a twin, train each method, evaluate on the lab, report."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .config import ExperimentConfig, LabConfig, TwinConfig
+from .errors import ConfigError
+from .labs import make_lab
+from .measurements import MeasurementSet, acquire
+from .networks import build_network, count_digital_parameters
+from .system import PhysicalSystem
+from .tasks import ClassificationTask, load_task
+from .training import TrainConfig, Trainer, TrainResult
+from .twins import DigitalTwin, MLPTwin, fit_twin
+
+
+def build_lab(cfg: LabConfig) -> PhysicalSystem:
+    return make_lab(cfg.name, unit=cfg.unit, seed=cfg.seed, imperfection_scale=cfg.imperfection_scale, **cfg.options)
+
+
+@dataclass
+class TwinOutcome:
+    twin: DigitalTwin
+    data: MeasurementSet | None
+    seconds: float
+
+
+def make_twin(system: PhysicalSystem, cfg: TwinConfig, out_dir: Path | None = None, progress: bool = False) -> TwinOutcome:
+    """Load ``cfg.path`` or measure ``system`` and fit a twin; saves measurements and the twin into ``out_dir``."""
+    t0 = time.perf_counter()
+    if cfg.path:
+        return TwinOutcome(DigitalTwin.load(cfg.path, system.spec), None, 0.0)
+    q0 = system.queries
+    data = acquire(system, cfg.samples, inputs_per_setting=cfg.inputs_per_setting, design=cfg.design,
+                   repeats=cfg.repeats, seed=cfg.seed, progress=progress)
+    data.meta["queries"] = system.queries - q0
+    if out_dir:
+        data.save(out_dir / "twin_measurements.h5")
+    torch.manual_seed(cfg.seed)  # twin initial weights
+    if cfg.kind == "physics":
+        factory = getattr(system, "ideal_twin", None)
+        if factory is None:
+            raise ConfigError(f"twin kind 'physics' needs a lab with ideal_twin(); {system.spec.name} has none")
+        twin = factory()
+    else:
+        twin = MLPTwin(system.spec, hidden=tuple(cfg.hidden), activation=cfg.activation)
+    f = cfg.fit
+    fit_twin(twin, data, epochs=f.epochs, lr=f.lr, batch_size=f.batch_size, val_fraction=f.val_fraction,
+             patience=f.patience, weight_decay=f.weight_decay, seed=cfg.seed, progress=progress)
+    if out_dir:
+        twin.save(out_dir / "twin.safetensors")
+    return TwinOutcome(twin, data, time.perf_counter() - t0)
+
+
+def train_method(
+    cfg: ExperimentConfig,
+    task: ClassificationTask,
+    system: PhysicalSystem,
+    twin: DigitalTwin | None,
+    method: str,
+    out_dir: Path | None = None,
+    progress: bool = False,
+    resume: bool = False,
+) -> tuple[torch.nn.Module, TrainResult]:
+    """Build the network (same initial weights for every method) and train it with ``method``."""
+    model = build_network(cfg.network, task.n_features, task.n_classes, system, twin, seed=cfg.seed)
+    t = cfg.training
+    tc = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, physical_lr=t.physical_lr,
+                     weight_decay=t.weight_decay, lr_schedule=t.lr_schedule, seed=cfg.seed,
+                     monitor_physical=t.monitor_physical, progress=progress)
+    trainer = Trainer(model, task, method, tc, out_dir)  # type: ignore[arg-type]
+    return model, trainer.fit(resume=resume)
+
+
+def versions() -> dict[str, str]:
+    return {"pnnkit": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def run_experiment(
+    cfg: ExperimentConfig, out_dir: str | Path, *, progress: bool = False, resume: bool = False
+) -> dict[str, Any]:
+    """Run every method of ``cfg``; write ``results.json``, logs, plots, the twin and its measurements."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(cfg.model_dump_json(indent=2))
+    task = load_task(cfg.task.name, **cfg.task.options)
+    system = build_lab(cfg.lab)
+    needs_twin = any(m in ("pat", "in_silico") for m in cfg.methods)
+    tw = make_twin(system, cfg.twin, out, progress) if needs_twin else None
+    results: dict[str, Any] = {
+        "task": task.name,
+        "system": system.spec.name,
+        "unit": cfg.lab.unit,
+        "seed": cfg.seed,
+        "methods": {},
+        "twin": None,
+        "versions": versions(),
+    }
+    if tw is not None:
+        rep = tw.twin.report
+        results["twin"] = {
+            "kind": tw.twin.kind,
+            "train_samples": rep.train_samples if rep else 0,
+            "val_nrmse": rep.val_nrmse if rep else None,
+            "val_nrmse_per_output": rep.val_nrmse_per_output if rep else None,
+            "noise_floor_nrmse": rep.noise_floor_nrmse if rep else None,
+            "measurement_queries": tw.data.meta.get("queries", 0) if tw.data else 0,
+            "fit_seconds": tw.seconds,
+        }
+    histories: dict[str, Any] = {}
+    for method in cfg.methods:
+        _, res = train_method(cfg, task, system, tw.twin if tw else None, method, out / method, progress, resume)
+        results["methods"][method] = {**res.summary(), "confusion": res.confusion}
+        histories[method] = res.history
+    results["experiment"] = {
+        "name": cfg.name,
+        "lab": cfg.lab.model_dump(),
+        "n_train": len(task.x_train),
+        "n_test": len(task.x_test),
+        "digital_parameters": count_digital_parameters(
+            build_network(cfg.network, task.n_features, task.n_classes, system, None, seed=cfg.seed)
+        ),
+        "classes": task.classes,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    from .plots import plot_experiment
+
+    plot_experiment(results, histories, out)
+    return results
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """Plain-text table of the methods' accuracies (physical = the deployment truth)."""
+    rows = [f"{'method':<10} {'physical acc':>12} {'twin acc':>9} {'queries':>10} {'train s':>8}"]
+    for m, r in results["methods"].items():
+        twin = "-" if r.get("twin_test_accuracy") is None else f"{r['twin_test_accuracy']:.3f}"
+        rows.append(f"{m:<10} {r['test_accuracy']:>12.3f} {twin:>9} {r['physical_queries']:>10d} {r['train_seconds']:>8.1f}")
+    if results.get("twin"):
+        t = results["twin"]
+        rows.append(f"twin: {t['kind']}, {t['train_samples']} training samples, validation NRMSE {t['val_nrmse']:.4f}")
+    return "\n".join(rows)

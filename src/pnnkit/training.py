@@ -1,0 +1,291 @@
+"""Training a physical neural network in any mode, with logs, checkpoints and resume."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .errors import ConfigError
+from .layers import Mode, physical_layers, project_parameters, set_mode, using_mode
+from .system import PhysicalSystem
+from .tasks import ClassificationTask
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings.
+
+    Attributes:
+        epochs: passes over the training set.
+        batch_size: samples per step (one device call per physical layer per step in ``pat`` mode).
+        lr: Adam learning rate for all parameters (θ in physical units, digital weights).
+        physical_lr: learning rate for physical θ if different from ``lr``.
+        weight_decay: AdamW weight decay on digital parameters.
+        lr_schedule: ``"cosine"`` or ``"constant"``.
+        seed: training seed (initial θ, digital weights and batch order); the lab has its own seeds.
+        monitor_physical: measure test accuracy on the physical system after every epoch (costs eval queries).
+        progress: show a progress bar.
+    """
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.01
+    physical_lr: float | None = None
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"
+    seed: int = 0
+    monitor_physical: bool = True
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    mode: str
+    test_accuracy: float
+    twin_test_accuracy: float | None
+    physical_queries: int
+    eval_queries: int
+    train_seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    confusion: list[list[int]] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "test_accuracy": self.test_accuracy,
+            "twin_test_accuracy": self.twin_test_accuracy,
+            "physical_queries": self.physical_queries,
+            "eval_queries": self.eval_queries,
+            "train_seconds": self.train_seconds,
+        }
+
+
+def _systems(model: nn.Module) -> list[PhysicalSystem]:
+    out: list[PhysicalSystem] = []
+    for layer in physical_layers(model):
+        if all(layer.system is not s for s in out):
+            out.append(layer.system)
+    return out
+
+
+def _queries(model: nn.Module) -> int:
+    return sum(s.queries for s in _systems(model))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, mode: Mode, batch_size: int = 512) -> Tensor:
+    """Class predictions of ``model`` in ``mode`` (``physical`` = measured on the device)."""
+    was_training = model.training
+    model.eval()
+    with using_mode(model, mode):
+        preds = torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return preds
+
+
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, mode: Mode, batch_size: int = 512) -> float:
+    return float((predict(model, x, mode, batch_size) == y).float().mean())
+
+
+def confusion_matrix(pred: Tensor, y: Tensor, n_classes: int) -> list[list[int]]:
+    cm = torch.zeros(n_classes, n_classes, dtype=torch.long)
+    cm.index_put_((y, pred), torch.ones_like(y), accumulate=True)
+    return cm.tolist()
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    phys = [p for layer in physical_layers(model) for p in layer.theta.values()]
+    ids = {id(p) for p in phys}
+    digital = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
+    groups = []
+    if phys:
+        groups.append({"params": phys, "lr": cfg.physical_lr or cfg.lr, "weight_decay": 0.0})
+    if digital:
+        groups.append({"params": digital, "lr": cfg.lr, "weight_decay": cfg.weight_decay})
+    if not groups:
+        raise ConfigError("model has no trainable parameters")
+    return torch.optim.AdamW(groups)
+
+
+class Trainer:
+    """Train ``model`` on ``task`` in ``mode``; test accuracy is always measured on the physical system.
+
+    Writes to ``out_dir`` (if given): ``log.csv``, TensorBoard events in ``tb/``, and ``checkpoint.*`` after every
+    epoch. ``resume=True`` continues from the checkpoint there (same final parameters as an uninterrupted run
+    with the same seeds, for labs whose noise state is checkpointable).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: ClassificationTask,
+        mode: Mode,
+        config: TrainConfig | None = None,
+        out_dir: str | Path | None = None,
+    ) -> None:
+        self.model, self.task, self.mode = model, task, mode
+        self.cfg = config or TrainConfig()
+        self.out_dir = Path(out_dir) if out_dir else None
+        set_mode(model, mode)
+        if mode == "pat" and not any(True for _ in physical_layers(model)):
+            raise ConfigError("pat mode needs at least one PhysicalLayer in the model")
+        self.opt = _optimizer(model, self.cfg)
+        steps = self.cfg.epochs * math.ceil(len(task.x_train) / self.cfg.batch_size)
+        self.sched = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, steps))
+            if self.cfg.lr_schedule == "cosine"
+            else torch.optim.lr_scheduler.LambdaLR(self.opt, lambda _: 1.0)
+        )
+        if self.cfg.lr_schedule not in ("cosine", "constant"):
+            raise ConfigError(f"lr_schedule must be 'cosine' or 'constant', got {self.cfg.lr_schedule!r}")
+        self.epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.train_queries = 0
+        self.eval_queries = 0
+        self.train_seconds = 0.0
+
+    # --- checkpoints ----------------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.out_dir / "checkpoint" if self.out_dir else None
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "mode": self.mode,
+            "model": dict(self.model.state_dict()),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": {k: v for k, v in self.sched.state_dict().items() if k != "lr_lambdas"},
+            "systems": [s.get_state() for s in _systems(self.model)],
+            "history": self.history,
+            "train_queries": self.train_queries,
+            "eval_queries": self.eval_queries,
+            "train_seconds": self.train_seconds,
+            "config": asdict(self.cfg),
+        }
+
+    def load_state(self, st: dict[str, Any]) -> None:
+        if st.get("mode") != self.mode:
+            raise ConfigError(f"checkpoint was written in mode {st.get('mode')!r}, not {self.mode!r}")
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict({**self.sched.state_dict(), **st["scheduler"]})
+        for s, ss in zip(_systems(self.model), st["systems"]):
+            s.set_state(ss)
+        self.epoch = int(st["epoch"])
+        self.history = list(st["history"])
+        self.train_queries = int(st["train_queries"])
+        self.eval_queries = int(st["eval_queries"])
+        self.train_seconds = float(st["train_seconds"])
+
+    # --- loop ----------------------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train to ``cfg.epochs`` (resuming from the checkpoint if asked), then evaluate on the physical system."""
+        self.train(resume=resume)
+        return self.result()
+
+    def train(self, resume: bool = False, stop_after: int | None = None) -> None:
+        """The training loop only: to ``cfg.epochs``, or ``stop_after`` more epochs (e.g. an interruption)."""
+        cfg, task, model = self.cfg, self.task, self.model
+        if resume and self.checkpoint_path and self.checkpoint_path.with_suffix(".json").exists():
+            self.load_state(load_checkpoint(self.checkpoint_path))
+        writer = csv_file = None
+        if self.out_dir:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.out_dir / "tb"))
+            new = not (self.out_dir / "log.csv").exists() or self.epoch == 0
+            csv_file = open(self.out_dir / "log.csv", "w" if new else "a", newline="")
+            fields = ["epoch", "train_loss", "train_accuracy", "test_accuracy_physical", "test_accuracy_twin",
+                      "physical_queries", "seconds"]
+            log = csv.DictWriter(csv_file, fieldnames=fields, extrasaction="ignore")
+            if new:
+                log.writeheader()
+        n = len(task.x_train)
+        steps = math.ceil(n / cfg.batch_size)
+        bar = None
+        if cfg.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.epochs * steps, initial=self.epoch * steps, desc=f"train[{self.mode}]", unit="step",
+                       leave=False)
+        end = cfg.epochs if stop_after is None else min(cfg.epochs, self.epoch + stop_after)
+        try:
+            while self.epoch < end:
+                t0 = time.perf_counter()
+                q0 = _queries(model)
+                model.train()
+                order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch))
+                tot_loss, tot_correct = 0.0, 0
+                for i in range(0, n, cfg.batch_size):
+                    idx = order[i : i + cfg.batch_size]
+                    xb, yb = task.x_train[idx], task.y_train[idx]
+                    logits = model(xb)
+                    loss = F.cross_entropy(logits, yb)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"loss became {loss.item()} at epoch {self.epoch}; lower the lr")
+                    self.opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.opt.step()
+                    self.sched.step()
+                    project_parameters(model)
+                    tot_loss += float(loss.detach()) * len(idx)
+                    tot_correct += int((logits.argmax(1) == yb).sum())
+                    if bar:
+                        bar.update(1)
+                self.train_queries += _queries(model) - q0
+                self.train_seconds += time.perf_counter() - t0
+                self.epoch += 1
+                row: dict[str, Any] = {
+                    "epoch": self.epoch,
+                    "train_loss": tot_loss / n,
+                    "train_accuracy": tot_correct / n,
+                    "physical_queries": self.train_queries,
+                    "seconds": self.train_seconds,
+                }
+                if self.mode == "in_silico":
+                    row["test_accuracy_twin"] = accuracy(model, task.x_test, task.y_test, "in_silico")
+                if cfg.monitor_physical:
+                    q1 = _queries(model)
+                    row["test_accuracy_physical"] = accuracy(model, task.x_test, task.y_test, "physical")
+                    self.eval_queries += _queries(model) - q1
+                self.history.append(row)
+                if bar:
+                    bar.set_postfix(loss=f"{row['train_loss']:.3f}", test=f"{row.get('test_accuracy_physical', float('nan')):.3f}")
+                if writer:
+                    for k, v in row.items():
+                        if k != "epoch" and v is not None:
+                            writer.add_scalar(f"{self.mode}/{k}", v, self.epoch)
+                    log.writerow(row)
+                    csv_file.flush()
+                if self.checkpoint_path:
+                    save_checkpoint(self.state(), self.checkpoint_path)
+        finally:
+            if bar:
+                bar.close()
+            if writer:
+                writer.close()
+            if csv_file:
+                csv_file.close()
+
+    def result(self) -> TrainResult:
+        task, model = self.task, self.model
+        q1 = _queries(model)
+        pred = predict(model, task.x_test, "physical")
+        self.eval_queries += _queries(model) - q1
+        acc = float((pred == task.y_test).float().mean())
+        twin_acc = accuracy(model, task.x_test, task.y_test, "in_silico") if self.mode == "in_silico" else None
+        set_mode(model, self.mode)
+        return TrainResult(
+            self.mode, acc, twin_acc, self.train_queries, self.eval_queries, self.train_seconds, list(self.history),
+            confusion_matrix(pred, task.y_test, task.n_classes),
+        )

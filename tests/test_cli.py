@@ -1,0 +1,104 @@
+"""CLI end to end on a tiny config: run, twin fit, train, evaluate, toy-gap, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from pnnkit.cli import app, demo_config_text
+from pnnkit.config import load_config, validate_config
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "name": "tiny",
+    "task": {"name": "digits", "options": {"test_size": 200}},
+    "lab": {"name": "oscillators", "options": {"n": 6, "steps": 10}},
+    "twin": {"kind": "physics", "samples": 256, "inputs_per_setting": 64, "fit": {"epochs": 3, "lr": 0.02}},
+    "network": {"depth": 2, "stem": [{"type": "linear", "out": 6}], "head": [{"type": "linear", "out": 10}]},
+    "training": {"epochs": 2, "batch_size": 256, "lr": 0.02},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    cfg = d / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(d / "out")])
+    assert res.exit_code == 0, res.output
+    return d, cfg, res
+
+
+def test_run_writes_results_in_the_schema(tiny_run):
+    d, _, res = tiny_run
+    r = json.loads((d / "out" / "results.json").read_text())
+    assert {"task", "system", "unit", "seed", "methods", "twin", "versions"} <= set(r)
+    assert (r["task"], r["system"], r["unit"], r["seed"]) == ("digits", "oscillators", 0, 0)
+    for m in ("pat", "in_silico"):
+        keys = {"test_accuracy", "twin_test_accuracy", "physical_queries", "train_seconds"}
+        assert keys <= set(r["methods"][m])
+        assert 0 <= r["methods"][m]["test_accuracy"] <= 1
+    assert r["methods"]["pat"]["twin_test_accuracy"] is None
+    assert isinstance(r["methods"]["in_silico"]["twin_test_accuracy"], float)
+    assert r["methods"]["in_silico"]["physical_queries"] == 0
+    assert r["methods"]["pat"]["physical_queries"] == 2 * 2 * (1797 - 200)  # 2 layers × 2 epochs × samples
+    assert r["twin"]["train_samples"] > 0 and r["twin"]["val_nrmse"] > 0
+    assert set(r["versions"]) == {"pnnkit", "torch", "python"}
+    for f in ("learning_curves.png", "confusion_pat.png", "confusion_in_silico.png", "twin.safetensors",
+              "twin.json", "twin_measurements.h5", "pat/log.csv", "pat/checkpoint.json"):
+        assert (d / "out" / f).exists(), f
+    assert "physical test acc" in res.output
+
+
+def test_train_then_evaluate_on_same_and_other_unit(tiny_run):
+    d, cfg, _ = tiny_run
+    twin = d / "out" / "twin.safetensors"
+    res = runner.invoke(app, ["train", str(cfg), "--out", str(d / "t"), "--method", "pat", "--twin", str(twin)])
+    assert res.exit_code == 0, res.output
+    weights = d / "t" / "pat" / "model.safetensors"
+    acc = json.loads((d / "t" / "pat" / "result.json").read_text())["test_accuracy"]
+    res = runner.invoke(app, ["evaluate", str(cfg), "--weights", str(weights)])
+    assert res.exit_code == 0 and "unit 0" in res.output
+    assert abs(float(res.output.split(":")[-1]) - acc) < 0.05  # same unit, fresh measurement noise
+    res = runner.invoke(app, ["evaluate", str(cfg), "--weights", str(weights), "--unit", "7"])
+    assert res.exit_code == 0 and "unit 7" in res.output
+
+
+def test_twin_fit_and_show(tiny_run):
+    d, cfg, _ = tiny_run
+    res = runner.invoke(app, ["twin", "fit", str(cfg), "--out", str(d / "tw")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["twin", "show", str(d / "tw" / "twin.json")])
+    assert res.exit_code == 0 and "oscillator_physics twin" in res.output and "val NRMSE" in res.output
+
+
+def test_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**TINY, "traning": {}}))
+    res = runner.invoke(app, ["run", str(bad), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2
+    assert "unknown key 'traning' (did you mean 'training'?)" in res.output
+    assert "Traceback" not in res.output
+    res = runner.invoke(app, ["evaluate", str(bad), "--weights", "w.safetensors"])
+    assert res.exit_code == 2
+
+
+def test_toy_gap_prints_table():
+    res = runner.invoke(app, ["toy-gap"])
+    assert res.exit_code == 0
+    line20 = next(l for l in res.output.splitlines() if l.strip("│ ").startswith("20 "))
+    assert "33.06 %" in line20 and "10.49 %" in line20
+
+
+def test_demo_preset_and_every_example_config_validate():
+    validate_config(yaml.safe_load(demo_config_text()), "demo")
+    examples = sorted((ROOT / "examples").glob("*.yaml"))
+    assert examples, "examples/ must hold the experiment configs"
+    for path in examples:
+        load_config(path)

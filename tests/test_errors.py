@@ -1,0 +1,86 @@
+"""Bad input gets a clear one-line error naming the problem."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import tanh_model, tanh_spec
+from pnnkit import (
+    ConfigError,
+    DataError,
+    DeviceError,
+    FunctionSystem,
+    ParamSpec,
+    PhysicalLayer,
+    ShapeError,
+    make_lab,
+)
+from pnnkit.config import load_config, validate_config
+from pnnkit.tasks import data_dir, load_task
+
+P = {"W": torch.zeros(4, 4), "b": torch.zeros(4)}
+
+
+def test_wrong_shapes():
+    s = FunctionSystem(tanh_model, tanh_spec(4))
+    with pytest.raises(ShapeError, match=r"x must have shape \(batch, 4\), got \(2, 3\)"):
+        s(torch.zeros(2, 3), P)
+    with pytest.raises(ShapeError, match=r"parameter 'b' must have shape \(4,\), got \(5,\)"):
+        s(torch.zeros(2, 4), {"W": torch.zeros(4, 4), "b": torch.zeros(5)})
+    with pytest.raises(ShapeError, match=r"missing \['b'\]"):
+        s(torch.zeros(2, 4), {"W": torch.zeros(4, 4)})
+    with pytest.raises(ShapeError, match="expected input \\(batch, 4\\), got \\(4,\\)"):
+        PhysicalLayer(s, tanh_model)(torch.zeros(4))
+
+
+def test_system_returning_nan_or_wrong_shape():
+    nan = FunctionSystem(lambda x, p: x * float("nan"), tanh_spec(4))
+    with pytest.raises(DeviceError, match="returned NaN/inf for 2 of 2 samples"):
+        nan(torch.zeros(2, 4), P)
+    short = FunctionSystem(lambda x, p: x[:, :2], tanh_spec(4))
+    with pytest.raises(DeviceError, match=r"returned shape \(2, 2\), expected \(2, 4\)"):
+        short(torch.zeros(2, 4), P)
+    npy = FunctionSystem(lambda x, p: x * 2, tanh_spec(4), numpy=True)  # numpy device code works too
+    assert torch.equal(npy(torch.ones(2, 4), P), torch.full((2, 4), 2.0))
+    with pytest.raises(DeviceError, match="not differentiable"):
+        PhysicalLayer(npy, tanh_model, mode="exact")(torch.zeros(2, 4))
+
+
+def test_bad_specs_and_modes():
+    with pytest.raises(ConfigError, match="need finite low < high"):
+        ParamSpec("w", (2,), 1.0, 0.0)
+    with pytest.raises(ConfigError, match="unknown mode 'fast'"):
+        PhysicalLayer(FunctionSystem(tanh_model, tanh_spec(4)), tanh_model, mode="fast")
+    with pytest.raises(ConfigError, match="needs a digital twin"):
+        PhysicalLayer(FunctionSystem(tanh_model, tanh_spec(4)))(torch.zeros(1, 4))
+    with pytest.raises(ConfigError, match="unknown lab 'laser'"):
+        make_lab("laser")
+    with pytest.raises(ConfigError, match="lab 'oscillators'.*unexpected keyword argument 'nn'"):
+        make_lab("oscillators", nn=3)
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'training.epoch' \(did you mean 'epochs'\?\)"):
+        validate_config({"training": {"epoch": 3}})
+    with pytest.raises(ConfigError, match=r"unknown key 'twn' \(did you mean 'twin'\?\)"):
+        validate_config({"twn": {}})
+    with pytest.raises(ConfigError, match=r"training.lr: Input should be greater than 0"):
+        validate_config({"training": {"lr": -1}})
+    with pytest.raises(ConfigError, match=r"network.layer.0: .*'dense'"):
+        validate_config({"network": {"layer": [{"type": "dense"}]}})
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "none.yaml")
+    (tmp_path / "bad.yaml").write_text("a: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_missing_data_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("PNNKIT_DATA_DIR", raising=False)
+    with pytest.raises(DataError, match="set PNNKIT_DATA_DIR"):
+        data_dir(None, "mnist-t10k", "MNIST: yann.lecun.com")
+    with pytest.raises(DataError, match="does not exist"):
+        data_dir(tmp_path / "nothing", "x", "source")
+    with pytest.raises(ConfigError, match="unknown task 'cifar'"):
+        load_task("cifar")
