@@ -14,6 +14,11 @@ if "PNNKIT_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
     os.environ["PNNKIT_DATA_DIR"] = str(SHARED_DATA)
 
 
+# One intra-op thread: the suite's tensors are small (threads add overhead, not speed) and results stay
+# bit-reproducible whatever else runs on the machine.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)

@@ -57,3 +57,21 @@ def test_result_reports_physical_and_twin_accuracy(tmp_path):
     assert res.physical_queries == 0 and res.eval_queries == 2 * 64  # two physical layers × 64 test samples
     assert res.twin_test_accuracy is not None and 0 <= res.test_accuracy <= 1
     assert sum(map(sum, res.confusion)) == 64
+
+
+def test_every_training_measurement_is_logged(tmp_path):
+    from pnnkit import MeasurementLog
+
+    task, model = _setup()
+    cfg = TrainConfig(epochs=1, batch_size=64, monitor_physical=False, progress=False)
+    trainer = Trainer(model, task, "pat", cfg, tmp_path)
+    trainer.train()
+    lab = model[1].system
+    log = MeasurementLog(tmp_path / "device_log.h5", lab.spec)
+    assert len(log) == trainer.train_queries == 2 * 256
+    m = log.to_measurements()
+    assert m.params["J"].shape == (512, 28) and m.y.shape == (512, 1, 8)
+    # the logged θ of the first call is the layer-1 θ before the first optimizer step
+    first = _setup()[1][1].params()["J"].detach()
+    assert torch.equal(m.params["J"][0], first)
+    log.close()

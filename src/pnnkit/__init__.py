@@ -24,7 +24,7 @@ from .layers import (
     set_mode,
     using_mode,
 )
-from .measurements import MeasurementSet, acquire
+from .measurements import MeasurementLog, MeasurementSet, acquire
 from .pat import pat_forward, twin_vjp
 from .spec import ParamSpec, SystemSpec
 from .system import FunctionSystem, PhysicalSystem
@@ -37,7 +37,7 @@ __all__ = [
     "lab_names", "make_lab",
     "MODES", "ElementwiseRescale", "PhysicalLayer", "Slice", "physical_layers", "project_parameters",
     "set_mode", "using_mode",
-    "MeasurementSet", "acquire", "pat_forward", "twin_vjp",
+    "MeasurementLog", "MeasurementSet", "acquire", "pat_forward", "twin_vjp",
     "ParamSpec", "SystemSpec", "FunctionSystem", "PhysicalSystem",
     "DigitalTwin", "FitReport", "MLPTwin", "evaluate_twin", "fit_twin", "register_twin",
     "__version__",

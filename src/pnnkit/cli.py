@@ -13,11 +13,13 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from .bench.cli import bench_app
 from .errors import PnnkitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Physical neural networks with physics-aware training.")
 twin_app = typer.Typer(no_args_is_help=True, help="Measure a system and fit / inspect digital twins.")
 app.add_typer(twin_app, name="twin")
+app.add_typer(bench_app, name="bench")
 console = Console()
 
 

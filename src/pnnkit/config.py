@@ -74,6 +74,20 @@ class TrainingConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     monitor_physical: bool = True
+    record_measurements: bool = Field(True, description="log every device call during training to HDF5")
+
+
+class DigitalBaselineConfig(_Strict):
+    """A digital classifier on the same features, for context.
+
+    ``without_physical``: the experiment's own network with its physical blocks removed (same digital
+    parameters); ``mlp``: an MLP with ``hidden`` widths; ``logistic``: a single linear layer.
+    """
+
+    kind: Literal["without_physical", "mlp", "logistic"] = "mlp"
+    hidden: list[int] = [32]
+    epochs: int | None = Field(None, gt=0, description="default: training.epochs")
+    lr: float | None = Field(None, gt=0, description="default: training.lr")
 
 
 class ExperimentConfig(_Strict):
@@ -87,6 +101,10 @@ class ExperimentConfig(_Strict):
     network: NetworkConfig = NetworkConfig()
     training: TrainingConfig = TrainingConfig()
     methods: list[Literal["pat", "in_silico", "exact"]] = ["pat", "in_silico"]
+    cv_folds: int = Field(0, ge=0, description="k-fold cross-validation of every method (0: off)")
+    digital_baseline: DigitalBaselineConfig | None = None
+    depth_sweep: list[int] = Field([], description="network depths to train every method at (same lab and twin)")
+    imperfection_sweep: list[float] = Field([], description="imperfection scales; the twin is refitted per scale")
 
 
 def _fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

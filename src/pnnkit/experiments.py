@@ -12,11 +12,11 @@ from typing import Any
 import torch
 
 from . import __version__
-from .config import ExperimentConfig, LabConfig, TwinConfig
+from .config import DigitalBaselineConfig, ExperimentConfig, LabConfig, TwinConfig
 from .errors import ConfigError
 from .labs import make_lab
 from .measurements import MeasurementSet, acquire
-from .networks import build_network, count_digital_parameters
+from .networks import LinearBlock, NetworkConfig, PhysicalBlock, build_network, count_digital_parameters
 from .system import PhysicalSystem
 from .tasks import ClassificationTask, load_task
 from .training import TrainConfig, Trainer, TrainResult
@@ -70,13 +70,15 @@ def train_method(
     out_dir: Path | None = None,
     progress: bool = False,
     resume: bool = False,
+    monitor: bool | None = None,
 ) -> tuple[torch.nn.Module, TrainResult]:
     """Build the network (same initial weights for every method) and train it with ``method``."""
     model = build_network(cfg.network, task.n_features, task.n_classes, system, twin, seed=cfg.seed)
     t = cfg.training
     tc = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, physical_lr=t.physical_lr,
                      weight_decay=t.weight_decay, lr_schedule=t.lr_schedule, seed=cfg.seed,
-                     monitor_physical=t.monitor_physical, progress=progress)
+                     monitor_physical=t.monitor_physical if monitor is None else monitor, progress=progress,
+                     record_measurements=t.record_measurements)
     trainer = Trainer(model, task, method, tc, out_dir)  # type: ignore[arg-type]
     return model, trainer.fit(resume=resume)
 
@@ -131,11 +133,104 @@ def run_experiment(
         ),
         "classes": task.classes,
     }
+    twin = tw.twin if tw else None
+    if cfg.digital_baseline is not None:
+        results["digital_baseline"] = digital_baseline(cfg, task, cfg.digital_baseline)
+    if cfg.cv_folds:
+        results["cv"] = cross_validate(cfg, task, system, twin)
+    if cfg.depth_sweep:
+        results["depth_sweep"] = depth_sweep(cfg, task, system, twin, cfg.depth_sweep)
+    if cfg.imperfection_sweep:
+        results["imperfection_sweep"] = imperfection_sweep(cfg, task, cfg.imperfection_sweep, out)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     from .plots import plot_experiment
 
     plot_experiment(results, histories, out)
     return results
+
+
+def _methods(cfg: ExperimentConfig) -> list[str]:
+    return [m for m in cfg.methods if m in ("pat", "in_silico", "exact")]
+
+
+def _accuracies(cfg: ExperimentConfig, task: ClassificationTask, system: PhysicalSystem,
+                twin: DigitalTwin | None) -> dict[str, Any]:
+    """Train every method once (no per-epoch monitoring) and return physical (and twin) test accuracies."""
+    row: dict[str, Any] = {}
+    for m in _methods(cfg):
+        _, res = train_method(cfg, task, system, twin, m, monitor=False)
+        row[m] = res.test_accuracy
+        if res.twin_test_accuracy is not None:
+            row[f"{m}_twin"] = res.twin_test_accuracy
+    return row
+
+
+def cross_validate(cfg: ExperimentConfig, task: ClassificationTask, system: PhysicalSystem,
+                   twin: DigitalTwin | None) -> dict[str, Any]:
+    """Stratified k-fold CV of every method (same lab, same twin); mean and std of physical test accuracy."""
+    folds = [_accuracies(cfg, fold, system, twin) for fold in task.cv_folds(cfg.cv_folds, seed=cfg.seed)]
+    out: dict[str, Any] = {"folds": cfg.cv_folds, "per_fold": folds}
+    for key in folds[0]:
+        v = torch.tensor([f[key] for f in folds], dtype=torch.float64)
+        out[key] = {"mean": float(v.mean()), "std": float(v.std(unbiased=False))}
+    return out
+
+
+def depth_sweep(cfg: ExperimentConfig, task: ClassificationTask, system: PhysicalSystem,
+                twin: DigitalTwin | None, depths: list[int]) -> list[dict[str, Any]]:
+    rows = []
+    for n in depths:
+        c = cfg.model_copy(deep=True)
+        c.network.depth = n
+        rows.append({"layers": n, **_accuracies(c, task, system, twin)})
+    return rows
+
+
+def imperfection_sweep(cfg: ExperimentConfig, task: ClassificationTask, scales: list[float],
+                       out: Path) -> list[dict[str, Any]]:
+    """For each scale: a lab with all defects scaled, a twin refitted to it, every method trained."""
+    rows = []
+    for s in scales:
+        c = cfg.model_copy(deep=True)
+        c.lab.imperfection_scale = s
+        system = build_lab(c.lab)
+        tw = make_twin(system, c.twin, None) if any(m in ("pat", "in_silico") for m in c.methods) else None
+        row: dict[str, Any] = {"scale": s}
+        if tw and tw.twin.report:
+            row["twin_val_nrmse"] = tw.twin.report.val_nrmse
+        rows.append({**row, **_accuracies(c, task, system, tw.twin if tw else None)})
+    return rows
+
+
+def _without_physical(net: NetworkConfig) -> NetworkConfig:
+    strip = lambda blocks: [b for b in blocks if not isinstance(b, PhysicalBlock)]  # noqa: E731
+    return NetworkConfig(depth=net.depth, stem=strip(net.stem), layer=strip(net.layer), head=strip(net.head))
+
+
+def digital_baseline(cfg: ExperimentConfig, task: ClassificationTask, b: DigitalBaselineConfig) -> dict[str, Any]:
+    """Train a purely digital classifier on the same features (no device involved)."""
+    if b.kind == "without_physical":
+        net = _without_physical(cfg.network)
+    elif b.kind == "logistic":
+        net = NetworkConfig(depth=0, head=[LinearBlock(type="linear", out=task.n_classes)])
+    else:
+        from .networks import ActivationBlock
+
+        blocks: list[Any] = []
+        for h in b.hidden:
+            blocks += [LinearBlock(type="linear", out=h), ActivationBlock(type="activation", name="relu")]
+        net = NetworkConfig(depth=0, stem=blocks, head=[LinearBlock(type="linear", out=task.n_classes)])
+    try:
+        model = build_network(net, task.n_features, task.n_classes, None, None, seed=cfg.seed)
+    except ConfigError as e:
+        raise ConfigError(f"digital_baseline {b.kind!r}: {e}; use kind 'mlp' with explicit hidden widths") from e
+    t = cfg.training
+    tc = TrainConfig(epochs=b.epochs or t.epochs, batch_size=t.batch_size, lr=b.lr or t.lr,
+                     weight_decay=t.weight_decay, lr_schedule=t.lr_schedule, seed=cfg.seed, monitor_physical=False,
+                     progress=False)
+    res = Trainer(model, task, "physical", tc).fit()
+    return {"kind": b.kind, "parameters": count_digital_parameters(model), "test_accuracy": res.test_accuracy,
+            "train_seconds": res.train_seconds}
 
 
 def summary_table(results: dict[str, Any]) -> str:

@@ -45,6 +45,8 @@ class PhysicalLayer(nn.Module):
         twin: differentiable model ``twin(x, params) -> y`` (needed for ``pat`` and ``in_silico``).
         mode: initial mode.
         generator: RNG for initial θ (seeded initialisation).
+        overlap: in ``pat`` mode, run the twin's forward pass in a worker thread while the device measures
+            (identical gradients; hides the twin's work behind slow device calls). See :func:`set_overlap`.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class PhysicalLayer(nn.Module):
         param_constraint: Constraint = "clamp",
         generator: torch.Generator | None = None,
         dtype: torch.dtype | None = None,
+        overlap: bool = False,
     ) -> None:
         super().__init__()
         if input_constraint not in ("clamp", "sigmoid") or param_constraint not in ("clamp", "sigmoid"):
@@ -66,6 +69,7 @@ class PhysicalLayer(nn.Module):
         # and state_dict so an optimizer over ``model.parameters()`` can never train it.
         self.twin = twin
         self.mode: str = _check_mode(mode)
+        self.overlap = bool(overlap)
         self.input_constraint = input_constraint
         self.param_constraint = param_constraint
         dtype = dtype or torch.get_default_dtype()
@@ -129,7 +133,7 @@ class PhysicalLayer(nn.Module):
         if self.mode in ("pat", "in_silico") and self.twin is None:
             raise ConfigError(f"{spec.name} layer: mode {self.mode!r} needs a digital twin; none was given")
         if self.mode == "pat":
-            return pat_forward(self.system, self.twin, x, theta)  # type: ignore[arg-type]
+            return pat_forward(self.system, self.twin, x, theta, overlap=self.overlap)  # type: ignore[arg-type]
         if self.mode == "in_silico":
             return self.twin(x, theta)  # type: ignore[misc]
         if self.mode == "physical":
@@ -138,7 +142,7 @@ class PhysicalLayer(nn.Module):
         return self.system(x, theta, grad=True)  # exact
 
     def extra_repr(self) -> str:
-        return f"system={self.system!r}, mode={self.mode!r}"
+        return f"system={self.system!r}, mode={self.mode!r}" + (", overlap=True" if self.overlap else "")
 
 
 class ElementwiseRescale(nn.Module):
@@ -177,6 +181,13 @@ def set_mode(model: nn.Module, mode: Mode) -> nn.Module:
     _check_mode(mode)
     for layer in physical_layers(model):
         layer.mode = mode
+    return model
+
+
+def set_overlap(model: nn.Module, overlap: bool = True) -> nn.Module:
+    """Turn twin/device overlap on or off for every physical layer in ``model`` (see :class:`PhysicalLayer`)."""
+    for layer in physical_layers(model):
+        layer.overlap = bool(overlap)
     return model
 
 

@@ -179,3 +179,69 @@ def acquire(
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     return MeasurementSet(spec, x_all, {k: torch.cat(v) for k, v in ps.items()}, torch.cat(ys), meta)
+
+
+class MeasurementLog:
+    """Append every call of a system — inputs, parameter setting, measured outputs — to an HDF5 file.
+
+    Attach with ``system.attach_log(MeasurementLog(path))``; each call is flushed to disk before the measurement is
+    returned, so an interrupted run keeps everything it measured. Layout: ``x`` (N, in), ``y`` (N, out),
+    ``call`` (N,) index into ``params/<name>`` (n_calls, *shape) — a shared θ is stored once per call.
+    """
+
+    def __init__(self, path: str | Path, spec: SystemSpec) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.spec = spec
+        self._f = h5py.File(self.path, "a")
+        f = self._f
+        if "x" not in f:
+            f.attrs["format"] = FORMAT + "+log"
+            f.attrs["spec"] = json.dumps(spec.to_dict())
+            f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            f.create_dataset("x", (0, spec.input_dim), maxshape=(None, spec.input_dim), dtype="f4", chunks=True)
+            f.create_dataset("y", (0, spec.output_dim), maxshape=(None, spec.output_dim), dtype="f4", chunks=True)
+            f.create_dataset("call", (0,), maxshape=(None,), dtype="i8", chunks=True)
+            g = f.create_group("params")
+            for p in spec.params:
+                g.create_dataset(p.name, (0, *p.shape), maxshape=(None, *p.shape), dtype="f4", chunks=True)
+        elif SystemSpec.from_dict(json.loads(f.attrs["spec"])) != spec:
+            raise DataError(f"measurement log {self.path} belongs to another system; choose a new file")
+
+    @staticmethod
+    def _append(d: h5py.Dataset, v: np.ndarray) -> None:
+        n = d.shape[0]
+        d.resize(n + len(v), axis=0)
+        d[n:] = v
+
+    def append(self, x: Tensor, params: dict[str, Tensor], y: Tensor) -> None:
+        f = self._f
+        call = f["params"][self.spec.params[0].name].shape[0] if self.spec.params else int(f["call"].shape[0])
+        batched = any(v.dim() > len(self.spec.param(k).shape) for k, v in params.items())
+        if batched:  # per-sample θ: one 'call' row per sample
+            for k, v in params.items():
+                self._append(f["params"][k], v.detach().cpu().float().numpy())
+            calls = np.arange(call, call + x.shape[0])
+        else:
+            for k, v in params.items():
+                self._append(f["params"][k], v.detach().cpu().float().numpy()[None])
+            calls = np.full(x.shape[0], call)
+        self._append(f["x"], x.detach().cpu().float().numpy())
+        self._append(f["y"], y.detach().cpu().float().numpy())
+        self._append(f["call"], calls)
+        f.flush()
+
+    def __len__(self) -> int:
+        return int(self._f["x"].shape[0])
+
+    def to_measurements(self) -> MeasurementSet:
+        """The logged samples as a :class:`MeasurementSet` (e.g. extra twin data near the operating point)."""
+        f = self._f
+        call = torch.from_numpy(f["call"][...])
+        params = {p.name: torch.from_numpy(f["params"][p.name][...])[call] for p in self.spec.params}
+        return MeasurementSet(self.spec, torch.from_numpy(f["x"][...]), params, torch.from_numpy(f["y"][...]),
+                              {"source": str(self.path)})
+
+    def close(self) -> None:
+        if self._f.id.valid:
+            self._f.close()

@@ -7,7 +7,10 @@ and the current ``θ``:  ``[g_x, g_θ] = J_{f_m}(x, θ)ᵀ g_y``. The twin's own
 
 from __future__ import annotations
 
+import atexit
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 from torch import Tensor
@@ -55,7 +58,81 @@ class _PAT(torch.autograd.Function):
         return (None, None, None, gx, *[gp[n] for n in ctx.names])
 
 
-def pat_forward(system: PhysicalSystem, twin: Twin, x: Tensor, params: Mapping[str, Tensor]) -> Tensor:
-    """Measure ``system(x, params)`` and attach the twin's VJP (at the measured ``x``) as its gradient."""
+# --- overlap: the twin's work hidden behind the device's time ---------------------------------------------------
+# The Jacobian PAT needs is taken at (x, θ) — the layer's *input*, known before the device is even called. So the
+# twin's forward pass (which records the graph the VJP will walk) can run in a worker thread while the device
+# measures the very same layer; the backward then only walks that graph. Same ops, same inputs, same order:
+# the gradients are bit-identical to the plain path. Worth it when device calls are slow (instruments, sleeps,
+# subprocesses) or release the GIL; a pure-Python simulation holding the GIL gains little.
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pnnkit-twin")
+            atexit.register(_POOL.shutdown, wait=False)
+        return _POOL
+
+
+def _twin_graph(twin: Twin, x: Tensor, params: Mapping[str, Tensor], need_x: bool, threads: int):
+    """Run the twin at (x, θ) with grad enabled (grad mode is per thread); return the graph's ends."""
+    if torch.get_num_threads() != threads:  # the OpenMP thread count is per thread: follow the caller's setting
+        torch.set_num_threads(threads)
+    with torch.enable_grad():
+        xs = x.detach().requires_grad_(need_x)
+        ps = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        ym = twin(xs, ps)
+    return ym, xs, ps
+
+
+def _walk_graph(graph, names: Sequence[str], grad_y: Tensor, need_x: bool):
+    ym, xs, ps = graph
+    if ym.shape != grad_y.shape:
+        raise TwinError(f"twin returned shape {tuple(ym.shape)} but the system measured {tuple(grad_y.shape)}")
+    inputs: list[Tensor] = ([xs] if need_x else []) + [ps[k] for k in names]
+    grads = torch.autograd.grad(ym, inputs, grad_y.to(ym.dtype), allow_unused=True)
+    grads = [torch.zeros_like(i) if g is None else g for g, i in zip(grads, inputs)]
+    gx = grads[0] if need_x else None
+    gp = dict(zip(names, grads[1:] if need_x else grads))
+    return gx, gp
+
+
+class _PATOverlap(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, system: PhysicalSystem, twin: Twin, names: Sequence[str], x: Tensor, *thetas: Tensor) -> Tensor:  # type: ignore[override]
+        params = dict(zip(names, thetas))
+        need_x = bool(ctx.needs_input_grad[3])
+        fut: Future = _pool().submit(_twin_graph, twin, x, params, need_x, torch.get_num_threads())
+        try:
+            y = system(x, params)
+        except BaseException:
+            fut.cancel()
+            raise
+        ctx.fut, ctx.names, ctx.need_x = fut, tuple(names), need_x
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor):  # type: ignore[override]
+        graph = ctx.fut.result()  # re-raises the twin's own error, if any
+        ctx.fut = None  # free the graph as soon as it has been walked
+        gx, gp = _walk_graph(graph, ctx.names, grad_y, ctx.need_x)
+        return (None, None, None, gx, *[gp[n] for n in ctx.names])
+
+
+def pat_forward(
+    system: PhysicalSystem, twin: Twin, x: Tensor, params: Mapping[str, Tensor], *, overlap: bool = False
+) -> Tensor:
+    """Measure ``system(x, params)`` and attach the twin's VJP (at the measured ``x``) as its gradient.
+
+    ``overlap=True`` runs the twin's forward pass in a worker thread while the device measures (same gradients,
+    bit for bit; less wall time when device calls are slow). Without autograd it is the plain path.
+    """
     names = list(params)
-    return _PAT.apply(system, twin, names, x, *[params[n] for n in names])
+    thetas = [params[n] for n in names]
+    if overlap and torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in thetas)):
+        return _PATOverlap.apply(system, twin, names, x, *thetas)
+    return _PAT.apply(system, twin, names, x, *thetas)

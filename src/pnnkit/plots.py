@@ -51,8 +51,29 @@ def plot_confusion(cm: list[list[int]], classes: list[str], title: str, path: Pa
     return path
 
 
+def plot_sweep(rows: list[dict[str, Any]], x_key: str, xlabel: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5, 4))
+    xs = [r[x_key] for r in rows]
+    for key, style in (("pat", "o-"), ("in_silico", "s-"), ("in_silico_twin", "s--"), ("exact", "^-")):
+        if all(key in r for r in rows):
+            label = {"in_silico_twin": "in_silico (what its twin believed)"}.get(key, f"{key} (physical)")
+            ax.plot(xs, [r[key] for r in rows], style, label=label)
+    ax.set(xlabel=xlabel, ylabel="test accuracy", ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_experiment(results: dict[str, Any], histories: dict[str, list[dict[str, Any]]], out: Path) -> list[Path]:
-    paths = [plot_learning_curves(histories, out / "learning_curves.png")]
+    paths = [plot_learning_curves(histories, out / "learning_curves.png")] if histories else []
+    if results.get("depth_sweep"):
+        paths.append(plot_sweep(results["depth_sweep"], "layers", "physical layers", out / "depth_sweep.png"))
+    if results.get("imperfection_sweep"):
+        paths.append(plot_sweep(results["imperfection_sweep"], "scale", "imperfection scale (× default)",
+                                out / "imperfection_sweep.png"))
     classes = results.get("experiment", {}).get("classes") or []
     for method, r in results["methods"].items():
         if r.get("confusion"):

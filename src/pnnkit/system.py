@@ -53,6 +53,10 @@ class PhysicalSystem(ABC):
         self._calls = 0
         self._queries = 0
 
+    def attach_log(self, log: Any | None) -> None:
+        """Record every successful call into ``log`` (a :class:`pnnkit.measurements.MeasurementLog`); None detaches."""
+        self._log = log
+
     def get_state(self) -> dict[str, Any]:
         """Mutable state (e.g. noise generators) needed to resume a run exactly; default none."""
         return {}
@@ -133,6 +137,9 @@ class PhysicalSystem(ABC):
             raise DeviceError(f"{self.spec.name}: measurement returned NaN/inf for {bad} of {batch} samples")
         self._calls = self.calls + 1
         self._queries = self.queries + batch
+        log = getattr(self, "_log", None)
+        if log is not None:
+            log.append(x, params, y)
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def __repr__(self) -> str:

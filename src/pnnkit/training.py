@@ -34,6 +34,8 @@ class TrainConfig:
         seed: training seed (initial θ, digital weights and batch order); the lab has its own seeds.
         monitor_physical: measure test accuracy on the physical system after every epoch (costs eval queries).
         progress: show a progress bar.
+        record_measurements: with an ``out_dir``, append every device call made while training (inputs, θ,
+            measured outputs) to ``out_dir/device_log[_k].h5`` — nothing measured is lost.
     """
 
     epochs: int = 20
@@ -45,6 +47,7 @@ class TrainConfig:
     seed: int = 0
     monitor_physical: bool = True
     progress: bool = True
+    record_measurements: bool = True
 
 
 @dataclass
@@ -212,6 +215,13 @@ class Trainer:
                 log.writeheader()
         n = len(task.x_train)
         steps = math.ceil(n / cfg.batch_size)
+        logs = []
+        if self.out_dir and cfg.record_measurements:
+            from .measurements import MeasurementLog
+
+            for k, s in enumerate(_systems(model)):
+                logs.append(MeasurementLog(self.out_dir / f"device_log{'' if k == 0 else f'_{k}'}.h5", s.spec))
+                s.attach_log(logs[-1])
         bar = None
         if cfg.progress:
             from tqdm import tqdm
@@ -270,6 +280,9 @@ class Trainer:
                 if self.checkpoint_path:
                     save_checkpoint(self.state(), self.checkpoint_path)
         finally:
+            for s, lg in zip(_systems(model), logs):
+                s.attach_log(None)
+                lg.close()
             if bar:
                 bar.close()
             if writer:
