@@ -1,0 +1,172 @@
+"""The ngspice circuit lab: operating point, agreement with the torch ODE model, ranges, units, parallelism."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+import torch
+
+from pnnkit.errors import DeviceError, RangeError
+from pnnkit.labs import make_lab
+from pnnkit.labs.circuit import (
+    K_BOLTZMANN,
+    Q2N3904_CARD,
+    Q_ELECTRON,
+    T_NOMINAL,
+    CircuitComponents,
+    CircuitODETwin,
+    drive_order,
+)
+from pnnkit.twins import DigitalTwin
+
+needs_ngspice = pytest.mark.skipif(
+    shutil.which("ngspice") is None, reason="ngspice not installed (run scripts/install-system-deps.sh)"
+)
+F64 = torch.float64
+
+
+def _drive(batch: int, n_in: int, n_p: int, seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, n_in, generator=g, dtype=F64) * 2 - 1
+    return x, {"theta": torch.rand(n_p, generator=g, dtype=F64) * 2 - 1}
+
+
+def test_missing_ngspice_is_a_device_error_with_install_hint() -> None:
+    with pytest.raises(DeviceError, match="apt-get install"):
+        make_lab("circuit", ngspice="no-such-ngspice-binary")
+
+
+def test_drive_order_interleaves() -> None:
+    assert drive_order(3, 3).tolist() == [0, 3, 1, 4, 2, 5]
+    order = drive_order(4, 2).tolist()
+    assert sorted(order) == list(range(6)) and order[0] == 0
+
+
+@needs_ngspice
+def test_dc_operating_point_matches_hand_calculation() -> None:
+    lab = make_lab("circuit", ideal=True)
+    op = lab.operating_point(0.0)
+    c, k = CircuitComponents(), Q2N3904_CARD
+    vt = K_BOLTZMANN * T_NOMINAL / Q_ELECTRON  # 25.86 mV at 27 °C
+    # Thevenin equivalent of the base drive with the DAQ at 0 V: VCC through RB against R1 to ground.
+    v_th = c.vcc * c.r1 / (c.r1 + c.rb)  # 1.2097 V
+    r_th = c.r1 * c.rb / (c.r1 + c.rb)  # 113.7 kΩ
+    v_be, v_c = 0.65, c.vcc
+    for _ in range(4):  # hand iteration: base current from the divider, then the junction law
+        i_b = (v_th - v_be) / r_th
+        # I_B = I_C/β_F + ISE·(I_C/IS)^(1/NE) (forward gain plus B–E recombination), I_C scaled by the Early factor
+        early = 1 + (v_c - v_be) / k["VAF"]
+        lo, hi = 0.0, k["BF"] * i_b
+        for _ in range(60):
+            i_f = (lo + hi) / 2
+            if i_f / k["BF"] + k["ISE"] * (i_f / k["IS"]) ** (1 / k["NE"]) > i_b:
+                hi = i_f
+            else:
+                lo = i_f
+        i_c = i_f * early
+        v_be = vt * math.log(i_f / k["IS"])
+        v_c = c.vcc - (c.rc + c.rl) * i_c
+    assert 0.60 < op["v_b"] < 0.70
+    assert op["v_b"] == pytest.approx(v_be, abs=3e-3)
+    assert op["i_b"] == pytest.approx(i_b, rel=0.01)
+    assert op["i_c"] == pytest.approx(i_c, rel=0.03)  # ≈ 0.64 mA
+    assert op["v_c"] == pytest.approx(v_c, abs=0.03)
+
+
+@needs_ngspice
+def test_small_signal_agreement_ngspice_vs_torch_ode() -> None:
+    """A ±50 mV drive around 0 V: the deviation from the operating point agrees within 3 % of its peak."""
+    lab = make_lab("circuit", ideal=True, n_inputs=8, n_params=8, output_dim=16)
+    twin = lab.ideal_twin()
+    k = torch.arange(8, dtype=F64)
+    x = torch.stack([0.05 * torch.sin(k + p) for p in range(3)])
+    th = {"theta": 0.05 * torch.cos(k)}
+    x0, th0 = torch.zeros(1, 8, dtype=F64), {"theta": torch.zeros(8, dtype=F64)}
+    dy_spice = lab(x, th) - lab(x0, th0)
+    with torch.no_grad():
+        dy_ode = twin(x, th) - twin(x0, th0)
+    peak = dy_spice.abs().max()
+    assert peak > 0.02  # the drive does move the collector (gain ≈ 1 V/V)
+    assert (dy_spice - dy_ode).abs().max() < 0.03 * peak
+
+
+@needs_ngspice
+def test_large_signal_agreement_full_range() -> None:
+    lab = make_lab("circuit", ideal=True, n_inputs=8, n_params=8, output_dim=8)
+    x, th = _drive(6, 8, 8)
+    y = lab(x, th)
+    with torch.no_grad():
+        ym = lab.ideal_twin()(x, th)
+    assert float(((y - ym).pow(2).mean() / y.var()).sqrt()) < 0.03
+    assert float(y.min()) > 1.0  # collector stays well above the base: never saturates
+
+
+@needs_ngspice
+def test_out_of_range_raises_before_the_simulator() -> None:
+    lab = make_lab("circuit", n_inputs=4, n_params=4, output_dim=4)
+    x, th = _drive(2, 4, 4)
+    with pytest.raises(RangeError):
+        lab(x * 1.5 + 0.6, th)
+    with pytest.raises(RangeError):
+        lab(x, {"theta": th["theta"] + 2.0})
+    assert lab.calls == 0
+
+
+@needs_ngspice
+def test_units_differ_same_seed_identical() -> None:
+    x, th = _drive(3, 4, 4)
+    opts = dict(n_inputs=4, n_params=4, output_dim=8)
+    a = make_lab("circuit", unit=0, seed=5, **opts)(x, th)
+    a2 = make_lab("circuit", unit=0, seed=5, **opts)(x, th)
+    b = make_lab("circuit", unit=1, seed=5, **opts)(x, th)
+    c = make_lab("circuit", unit=0, seed=6, **opts)(x, th)
+    assert torch.equal(a, a2)
+    assert (a - b).abs().max() > 0.01  # component tolerances: tens of mV
+    assert 0 < (a - c).abs().max() < 0.002  # only the measurement noise differs
+
+
+@needs_ngspice
+def test_noise_state_roundtrip() -> None:
+    lab = make_lab("circuit", n_inputs=4, n_params=4, output_dim=4)
+    x, th = _drive(2, 4, 4)
+    state = lab.get_state()
+    y1 = lab(x, th)
+    lab.set_state(state)
+    assert torch.equal(lab(x, th), y1)
+
+
+@needs_ngspice
+def test_parallel_workers_equal_serial() -> None:
+    x, th = _drive(6, 4, 4, seed=3)
+    opts = dict(n_inputs=4, n_params=4, output_dim=8, ideal=True)
+    serial = make_lab("circuit", workers=1, circuits_per_run=2, **opts)(x, th)
+    parallel = make_lab("circuit", workers=3, circuits_per_run=2, **opts)(x, th)
+    assert torch.equal(serial, parallel)  # same netlists, run concurrently
+    one_netlist = make_lab("circuit", workers=1, circuits_per_run=6, **opts)(x, th)
+    per_circuit = make_lab("circuit", workers=3, circuits_per_run=1, **opts)(x, th)
+    # copies sharing one netlist share ngspice's time steps: agreement to ngspice's tolerance, ≪ 1 ADC LSB
+    assert (one_netlist - serial).abs().max() < 1e-4
+    assert (per_circuit - serial).abs().max() < 1e-4
+
+
+def test_ode_backend_is_differentiable_and_twin_roundtrips(tmp_path) -> None:
+    lab = make_lab("circuit", backend="ode", n_inputs=4, n_params=4, output_dim=4)
+    assert lab.differentiable
+    x, th = _drive(3, 4, 4)
+    th = {"theta": th["theta"].clone().requires_grad_(True)}
+    y = lab(x, th, grad=True)
+    y.sum().backward()
+    assert th["theta"].grad is not None and torch.isfinite(th["theta"].grad).all()
+    assert th["theta"].grad.abs().max() > 0
+    twin = lab.ideal_twin()
+    out = twin(x, {"theta": th["theta"].detach()})
+    out.sum().backward()  # calibration factors receive gradients (incl. through the operating point)
+    assert all(torch.isfinite(p.grad).all() for p in twin.parameters() if p.grad is not None)
+    assert twin.log_scale["rb"].grad.abs() > 0
+    twin.save(tmp_path / "twin")
+    loaded = DigitalTwin.load(tmp_path / "twin", lab.spec)
+    assert isinstance(loaded, CircuitODETwin)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x, {"theta": th["theta"].detach()}), out.detach())
