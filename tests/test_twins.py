@@ -98,3 +98,13 @@ def test_missing_measurement_file_is_a_data_error(tmp_path):
     (tmp_path / "bad.h5").write_bytes(b"not hdf5")
     with pytest.raises(DataError, match="cannot read measurement file"):
         MeasurementSet.load(tmp_path / "bad.h5")
+
+
+def test_saving_measurements_never_replaces_earlier_data(data4, tmp_path):
+    small = data4.subset(torch.arange(64))
+    small.save(tmp_path / "m.h5")
+    small.subset(torch.arange(32)).save(tmp_path / "m.h5")
+    files = sorted(p.name for p in tmp_path.glob("m*.h5"))
+    assert len(files) == 2 and "m.h5" in files
+    sizes = sorted(len(MeasurementSet.load(tmp_path / f)) for f in files)
+    assert sizes == [32, 64]

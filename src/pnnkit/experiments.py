@@ -97,7 +97,10 @@ def run_experiment(
     task = load_task(cfg.task.name, **cfg.task.options)
     system = build_lab(cfg.lab)
     needs_twin = any(m in ("pat", "in_silico") for m in cfg.methods)
-    tw = make_twin(system, cfg.twin, out, progress) if needs_twin else None
+    twin_cfg = cfg.twin
+    if resume and (out / "twin.json").exists() and not twin_cfg.path:  # continue with the twin already fitted
+        twin_cfg = twin_cfg.model_copy(update={"path": str(out / "twin.safetensors")})
+    tw = make_twin(system, twin_cfg, out, progress) if needs_twin else None
     results: dict[str, Any] = {
         "task": task.name,
         "system": system.spec.name,

@@ -73,9 +73,13 @@ class MeasurementSet:
 
     # --- HDF5 ---------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write an HDF5 file (datasets ``x``, ``y``, ``params/<name>``; spec, units and meta as attributes)."""
+        """Write an HDF5 file (datasets ``x``, ``y``, ``params/<name>``; spec, units and meta as attributes).
+
+        An existing file at ``path`` is never overwritten: it is renamed with its modification time appended.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        keep_existing(path)
         tmp = path.with_suffix(path.suffix + ".tmp")
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT
@@ -111,6 +115,18 @@ class MeasurementSet:
         except (OSError, KeyError) as e:
             raise DataError(f"cannot read measurement file {path}: {e}") from e
         return cls(spec, x, params, y, meta)
+
+
+def keep_existing(path: Path) -> Path | None:
+    """Rename an existing ``path`` to ``<stem>.<mtime>[.k]<suffix>`` so new data never replaces measured data."""
+    if not path.exists():
+        return None
+    stamp = _dt.datetime.fromtimestamp(path.stat().st_mtime, _dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    target, k = path.with_name(f"{path.stem}.{stamp}{path.suffix}"), 1
+    while target.exists():
+        target, k = path.with_name(f"{path.stem}.{stamp}.{k}{path.suffix}"), k + 1
+    path.rename(target)
+    return target
 
 
 def _design(kind: str, dim: int, n: int, seed: int) -> np.ndarray:

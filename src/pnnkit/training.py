@@ -216,11 +216,14 @@ class Trainer:
         n = len(task.x_train)
         steps = math.ceil(n / cfg.batch_size)
         logs = []
-        if self.out_dir and cfg.record_measurements:
-            from .measurements import MeasurementLog
+        if self.out_dir and cfg.record_measurements and self.mode != "in_silico":
+            from .measurements import MeasurementLog, keep_existing
 
             for k, s in enumerate(_systems(model)):
-                logs.append(MeasurementLog(self.out_dir / f"device_log{'' if k == 0 else f'_{k}'}.h5", s.spec))
+                path = self.out_dir / f"device_log{'' if k == 0 else f'_{k}'}.h5"
+                if self.epoch == 0:  # a fresh run: keep an older run's log under another name
+                    keep_existing(path)
+                logs.append(MeasurementLog(path, s.spec))
                 s.attach_log(logs[-1])
         bar = None
         if cfg.progress:
