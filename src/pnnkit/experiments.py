@@ -122,8 +122,9 @@ def run_experiment(
             "fit_seconds": tw.seconds,
         }
     histories: dict[str, Any] = {}
+    models: dict[str, torch.nn.Module] = {}
     for method in cfg.methods:
-        _, res = train_method(cfg, task, system, tw.twin if tw else None, method, out / method, progress, resume)
+        models[method], res = train_method(cfg, task, system, tw.twin if tw else None, method, out / method, progress, resume)
         results["methods"][method] = {**res.summary(), "confusion": res.confusion}
         histories[method] = res.history
     results["experiment"] = {
@@ -149,6 +150,10 @@ def run_experiment(
     from .plots import plot_experiment
 
     plot_experiment(results, histories, out)
+    if system.spec.name.startswith("shg"):
+        from .plots_shg import plot_shg
+
+        plot_shg(results, models, system, task, out)
     return results
 
 

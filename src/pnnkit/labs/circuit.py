@@ -503,7 +503,10 @@ def simulate_ode(
         raise ConfigError("t_segment must be a whole number of ADC sample periods")
     if not (0 < timing.t_rise < timing.adc_dt):
         raise ConfigError("t_rise must be positive and shorter than one ADC sample period")
-    sample_t = np.arange(1, n_seg * m + 1) * timing.adc_dt
+    # Knot and sample times are rounded alike (to 1 fs) so that the last knot and the last sample coincide exactly:
+    # unrounded, n_seg·t_segment and n_seg·m·adc_dt can differ in the last bit (e.g. t_segment = 10 µs), and
+    # torchdiffeq then rejects the grid (its last point must equal the last evaluation time).
+    sample_t = np.round(np.arange(1, n_seg * m + 1) * timing.adc_dt, 15)
     grid = sorted(set(np.round(np.concatenate([[0.0], knots_np, sample_t]), 15)))
     fine: list[float] = []
     for a, b in zip(grid[:-1], grid[1:]):
