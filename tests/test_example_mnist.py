@@ -1,0 +1,70 @@
+"""The issue-4 MNIST example configs: each quick variant runs end to end (tiny overrides) and writes results.json."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pnnkit.config import load_config, validate_config
+from pnnkit.experiments import run_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+DATA = Path(__import__("os").environ.get("PNNKIT_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+needs_mnist = pytest.mark.skipif(
+    not (DATA / "mnist-t10k" / "t10k-images-idx3-ubyte.gz").is_file(),
+    reason=f"MNIST t10k files not in {DATA}/mnist-t10k (set PNNKIT_DATA_DIR)",
+)
+NAMES = ["mnist_mechanical", "mnist_electronic", "mnist_hybrid_shg"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_full_and_quick_configs_validate_and_match(name):
+    full, quick = load_config(EXAMPLES / f"{name}.yaml"), load_config(EXAMPLES / f"{name}_quick.yaml")
+    # the quick variant is the same experiment, smaller: same lab design, network and methods
+    assert quick.lab == full.lab and quick.network == full.network and quick.methods == full.methods
+    assert full.methods == ["pat", "in_silico"]
+    assert full.digital_baseline is not None and full.digital_baseline.kind == "without_physical"
+    assert full.lab.imperfection_scale == 1.0 and full.lab.unit == 0  # default unit, default imperfections
+    assert "n_train" not in full.task.options and "n_test" not in full.task.options  # the 8,000 / 2,000 split
+
+
+def _tiny(name: str) -> dict:
+    d = yaml.safe_load((EXAMPLES / f"{name}_quick.yaml").read_text())
+    d["task"]["options"].update(n_train=100, n_test=50, data_dir=str(DATA / "mnist-t10k"))
+    d["twin"].update(samples=64, inputs_per_setting=32)
+    d["twin"]["fit"].update(epochs=1)
+    d["training"].update(epochs=1, batch_size=128, monitor_physical=False, record_measurements=False)
+    return d
+
+
+@needs_mnist
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_quick_variant_runs_end_to_end(name, tmp_path):
+    if name == "mnist_electronic" and shutil.which("ngspice") is None:
+        pytest.skip("ngspice not installed (scripts/install-system-deps.sh)")
+    cfg = validate_config(_tiny(name), name)
+    res = run_experiment(cfg, tmp_path)
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert r["task"] == "mnist" and r["unit"] == 0
+    n_layers = sum(b.type == "physical" for b in cfg.network.blocks())
+    assert n_layers >= 2
+    for m in ("pat", "in_silico"):
+        assert 0.0 <= r["methods"][m]["test_accuracy"] <= 1.0
+        assert r["methods"][m]["eval_queries"] == n_layers * 50
+    assert r["methods"]["pat"]["physical_queries"] == n_layers * 100
+    assert r["methods"]["in_silico"]["physical_queries"] == 0
+    assert isinstance(r["methods"]["in_silico"]["twin_test_accuracy"], float)
+    assert r["twin"]["val_nrmse"] > 0 and r["twin"]["measurement_queries"] > 0
+    b = r["digital_baseline"]
+    assert b["kind"] == "without_physical" and 0.0 <= b["test_accuracy"] <= 1.0
+    assert r["experiment"]["n_train"] == 100 and r["experiment"]["n_test"] == 50
+    for f in ("learning_curves.png", "confusion_pat.png", "confusion_in_silico.png"):
+        assert (tmp_path / f).exists(), f
+    assert res["methods"].keys() == r["methods"].keys()
