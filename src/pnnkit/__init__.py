@@ -18,6 +18,7 @@ from .layers import (
     MODES,
     ElementwiseRescale,
     PhysicalLayer,
+    Pool,
     Slice,
     physical_layers,
     project_parameters,
@@ -35,7 +36,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError", "DataError", "DeviceError", "PnnkitError", "RangeError", "ShapeError", "TwinError",
     "lab_names", "make_lab",
-    "MODES", "ElementwiseRescale", "PhysicalLayer", "Slice", "physical_layers", "project_parameters",
+    "MODES", "ElementwiseRescale", "PhysicalLayer", "Pool", "Slice", "physical_layers", "project_parameters",
     "set_mode", "using_mode",
     "MeasurementLog", "MeasurementSet", "acquire", "pat_forward", "twin_vjp",
     "ParamSpec", "SystemSpec", "FunctionSystem", "PhysicalSystem",

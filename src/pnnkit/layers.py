@@ -171,6 +171,20 @@ class Slice(nn.Module):
         return f"[{self.start}:{self.stop}]"
 
 
+class Pool(nn.Module):
+    """Average consecutive features into ``out`` groups (adaptive average pooling along the feature axis)."""
+
+    def __init__(self, out: int) -> None:
+        super().__init__()
+        self.out = int(out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.adaptive_avg_pool1d(x.unsqueeze(1), self.out).squeeze(1)
+
+    def extra_repr(self) -> str:
+        return f"out={self.out}"
+
+
 def physical_layers(model: nn.Module) -> Iterator[PhysicalLayer]:
     """All physical layers in ``model``, in registration order."""
     return (m for m in model.modules() if isinstance(m, PhysicalLayer))

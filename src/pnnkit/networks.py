@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from .errors import ConfigError
-from .layers import ElementwiseRescale, PhysicalLayer, Slice
+from .layers import ElementwiseRescale, PhysicalLayer, Pool, Slice
 from .pat import Twin
 from .system import PhysicalSystem
 
@@ -50,6 +50,13 @@ class SliceBlock(_Block):
     stop: int = Field(gt=0)
 
 
+class PoolBlock(_Block):
+    """Average consecutive features into ``out`` groups (like coarser detector bins; no parameters)."""
+
+    type: Literal["pool"]
+    out: int = Field(gt=0)
+
+
 class ActivationBlock(_Block):
     """Digital elementwise nonlinearity."""
 
@@ -58,7 +65,8 @@ class ActivationBlock(_Block):
 
 
 Block = Annotated[
-    Union[PhysicalBlock, RescaleBlock, LinearBlock, SliceBlock, ActivationBlock], Field(discriminator="type")
+    Union[PhysicalBlock, RescaleBlock, LinearBlock, SliceBlock, PoolBlock, ActivationBlock],
+    Field(discriminator="type"),
 ]
 
 
@@ -113,6 +121,11 @@ def build_network(
                 raise ConfigError(f"network block {i} (slice): [{b.start}:{b.stop}] does not fit width {width}")
             mods.append(Slice(b.start, b.stop))
             width = b.stop - b.start
+        elif isinstance(b, PoolBlock):
+            if b.out > width:
+                raise ConfigError(f"network block {i} (pool): cannot pool width {width} into {b.out} groups")
+            mods.append(Pool(b.out))
+            width = b.out
         else:
             mods.append(_ACTS[b.name]())
     if width != n_classes:
