@@ -25,15 +25,24 @@ def twin_vjp(
     twin: Twin, x: Tensor, params: Mapping[str, Tensor], grad_y: Tensor, *, need_x: bool = True
 ) -> tuple[Tensor | None, dict[str, Tensor]]:
     """Return ``(g_x, {name: g_θ})`` = ``J_{f_m}(x, θ)ᵀ grad_y``, evaluated at the given (measured) point."""
-    names = list(params)
+    return _walk_graph(_twin_graph(twin, x, params, need_x), list(params), grad_y, need_x)
+
+
+def _twin_graph(twin: Twin, x: Tensor, params: Mapping[str, Tensor], need_x: bool):
+    """Run the twin at (x, θ) with grad enabled; return the graph's ends ``(y_m, x, θ)`` for the VJP."""
     with torch.enable_grad():
         xs = x.detach().requires_grad_(need_x)
         ps = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-        ym = twin(xs, ps)
-        if ym.shape != grad_y.shape:
-            raise TwinError(f"twin returned shape {tuple(ym.shape)} but the system measured {tuple(grad_y.shape)}")
-        inputs: list[Tensor] = ([xs] if need_x else []) + [ps[k] for k in names]
-        grads = torch.autograd.grad(ym, inputs, grad_y.to(ym.dtype), allow_unused=True)
+        return twin(xs, ps), xs, ps
+
+
+def _walk_graph(graph, names: Sequence[str], grad_y: Tensor, need_x: bool):
+    """VJP of the recorded twin graph with ``grad_y``; unused inputs get zero gradients."""
+    ym, xs, ps = graph
+    if ym.shape != grad_y.shape:
+        raise TwinError(f"twin returned shape {tuple(ym.shape)} but the system measured {tuple(grad_y.shape)}")
+    inputs: list[Tensor] = ([xs] if need_x else []) + [ps[k] for k in names]
+    grads = torch.autograd.grad(ym, inputs, grad_y.to(ym.dtype), allow_unused=True)
     grads = [torch.zeros_like(i) if g is None else g for g, i in zip(grads, inputs)]
     gx = grads[0] if need_x else None
     gp = dict(zip(names, grads[1:] if need_x else grads))
@@ -78,27 +87,11 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL
 
 
-def _twin_graph(twin: Twin, x: Tensor, params: Mapping[str, Tensor], need_x: bool, threads: int):
-    """Run the twin at (x, θ) with grad enabled (grad mode is per thread); return the graph's ends."""
-    if torch.get_num_threads() != threads:  # the OpenMP thread count is per thread: follow the caller's setting
+def _twin_graph_in_worker(twin: Twin, x: Tensor, params: Mapping[str, Tensor], need_x: bool, threads: int):
+    """:func:`_twin_graph` on the worker thread (grad mode and OpenMP thread count are per thread)."""
+    if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    with torch.enable_grad():
-        xs = x.detach().requires_grad_(need_x)
-        ps = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-        ym = twin(xs, ps)
-    return ym, xs, ps
-
-
-def _walk_graph(graph, names: Sequence[str], grad_y: Tensor, need_x: bool):
-    ym, xs, ps = graph
-    if ym.shape != grad_y.shape:
-        raise TwinError(f"twin returned shape {tuple(ym.shape)} but the system measured {tuple(grad_y.shape)}")
-    inputs: list[Tensor] = ([xs] if need_x else []) + [ps[k] for k in names]
-    grads = torch.autograd.grad(ym, inputs, grad_y.to(ym.dtype), allow_unused=True)
-    grads = [torch.zeros_like(i) if g is None else g for g, i in zip(grads, inputs)]
-    gx = grads[0] if need_x else None
-    gp = dict(zip(names, grads[1:] if need_x else grads))
-    return gx, gp
+    return _twin_graph(twin, x, params, need_x)
 
 
 class _PATOverlap(torch.autograd.Function):
@@ -106,7 +99,7 @@ class _PATOverlap(torch.autograd.Function):
     def forward(ctx, system: PhysicalSystem, twin: Twin, names: Sequence[str], x: Tensor, *thetas: Tensor) -> Tensor:  # type: ignore[override]
         params = dict(zip(names, thetas))
         need_x = bool(ctx.needs_input_grad[3])
-        fut: Future = _pool().submit(_twin_graph, twin, x, params, need_x, torch.get_num_threads())
+        fut: Future = _pool().submit(_twin_graph_in_worker, twin, x, params, need_x, torch.get_num_threads())
         try:
             y = system(x, params)
         except BaseException:

@@ -62,10 +62,13 @@ def integrate_oscillators(
     n = q0.shape[-1]
     row_sum = J.sum(-1)
 
+    shared = J.dim() == 2  # one J for the batch: a single (B, n) × (n, n) product (J is symmetric)
+
     def rhs(t: Tensor, state: Tensor) -> Tensor:
         q, p = state[:, :n], state[:, n:]
         s = torch.sin(q)
-        coupling = (J @ s.unsqueeze(-1)).squeeze(-1) - row_sum * s
+        js = s @ J if shared else (J @ s.unsqueeze(-1)).squeeze(-1)
+        coupling = js - row_sum * s
         return torch.cat([p, -alpha * s + coupling + e], dim=1)
 
     state0 = torch.cat([q0, torch.zeros_like(q0)], dim=1)

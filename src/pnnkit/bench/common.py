@@ -1,0 +1,191 @@
+"""Shared pieces of the benchmarks: machine description, timing, goals, the JSON contract and rich tables."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: 1-minute load average above which timings are flagged as taken under load.
+LOAD_WARN = 1.5
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(threads: int | None = None) -> dict[str, Any]:
+    """CPU, cores, torch version, threads, load average at start (and a flag when the machine is loaded)."""
+    try:
+        load = list(os.getloadavg())
+    except OSError:  # pragma: no cover
+        load = [float("nan")] * 3
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": threads if threads is not None else torch.get_num_threads(),
+        "load_average_start": [round(v, 2) for v in load],
+        "loaded": bool(load[0] > LOAD_WARN),
+        "load_note": (f"1-min load {load[0]:.2f} > {LOAD_WARN}: the machine was shared during this run; "
+                      "timings are noisier and slower than on an idle machine") if load[0] > LOAD_WARN else "",
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def goal(name: str, value: float, target: float, direction: str, note: str = "") -> dict[str, Any]:
+    """One goal row; ``met`` is computed, never asserted."""
+    if direction not in ("<=", ">="):
+        raise ValueError(direction)
+    v = float(value)
+    met = (v <= target) if direction == "<=" else (v >= target)
+    out: dict[str, Any] = {"name": name, "value": v, "target": float(target), "direction": direction,
+                           "met": bool(met and v == v)}
+    if note:
+        out["note"] = note
+    return out
+
+
+#: CPU time of the calling thread. With one intra-op thread every op of a step runs on the calling thread, so
+#: this is the step's work; unlike wall time it does not count the time other jobs on a shared machine hold
+#: the core (a many-millisecond step is preempted far more often than a sub-millisecond part, which biases
+#: wall-time ratios under load). Use it only where nothing runs in other threads or sleeps.
+cpu_clock = time.thread_time
+
+
+def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median time of ``fn()`` over ``repeats`` runs (after ``warmup`` untimed runs); GC off while timing."""
+    return statistics.median(_times(fn, repeats, warmup, clock))
+
+
+def min_time(fn: Callable[[], Any], repeats: int, warmup: int = 1, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Fastest of ``repeats`` runs: on a shared machine other jobs only ever add time, so the minimum is the
+    best estimate of the work itself."""
+    return min(_times(fn, repeats, warmup, clock))
+
+
+def _times(fn: Callable[[], Any], repeats: int, warmup: int, clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            t0 = clock()
+            fn()
+            times.append(clock() - t0)
+    finally:
+        if was:
+            gc.enable()
+    return times
+
+
+def result(benchmark: str, machine: dict[str, Any], rows: list[dict[str, Any]], goals: list[dict[str, Any]],
+           **extra: Any) -> dict[str, Any]:
+    out = {"benchmark": benchmark, "machine": machine, "rows": rows, "goals": goals}
+    out.update(extra)
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if v != v:
+            return "—"
+        if v == 0:
+            return "0"
+        a = abs(v)
+        if a >= 1e5 or a < 1e-3:
+            return f"{v:.3g}"
+        return f"{v:.4g}"
+    if v is None:
+        return "—"
+    return str(v)
+
+
+def write_and_print(res: dict[str, Any], out: Path | None, columns: Sequence[str] | None = None,
+                    title: str | None = None) -> None:
+    """Write the JSON (if ``out``) and print the rows and goals as rich tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=200) if not Console().is_terminal else Console()
+    rows = res["rows"]
+    cols = list(columns) if columns else (list(rows[0]) if rows else [])
+    t = Table(title=title or f"pnnkit bench {res['benchmark']}")
+    for c in cols:
+        t.add_column(c, justify="right")
+    for r in rows:
+        t.add_row(*[_fmt(r.get(c)) for c in cols])
+    console.print(t)
+    g = Table(title="goals")
+    for c in ("goal", "value", "target", "met"):
+        g.add_column(c, justify="right")
+    for x in res["goals"]:
+        g.add_row(x["name"], _fmt(x["value"]), f"{x['direction']} {_fmt(x['target'])}",
+                  "[green]met[/]" if x["met"] else "[red]NOT met[/]")
+    console.print(g)
+    m = res["machine"]
+    console.print(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['torch_threads']} thread(s), "
+                  f"load {m['load_average_start']}" + (f" — {m['load_note']}" if m.get("load_note") else ""))
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2, default=float))
+        console.print(f"wrote {out}")
+
+
+def rss_bytes() -> int:
+    """Current resident set size (Linux /proc; falls back to the peak from getrusage)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # pragma: no cover
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def available_labs() -> list[str]:
+    """Labs of the benchmark set that import here (oscillators always; SHG when its module imports)."""
+    names = ["oscillators"]
+    try:
+        import pnnkit.labs.shg  # noqa: F401
+
+        names.append("shg")
+    except Exception:  # noqa: BLE001 — a colleague's lab under construction must not break the benchmarks
+        pass
+    return names
+
+
+def bench_lab(name: str, *, dtype: torch.dtype = torch.float32, **options: Any):
+    """The lab at its benchmark size with its physics twin: oscillators n=8 (T=3, 30 RK4 steps), SHG default."""
+    from ..labs import make_lab
+
+    if name == "oscillators":
+        lab = make_lab("oscillators", n=options.pop("n", 8), dtype=dtype, **options)
+    else:
+        lab = make_lab(name, dtype=dtype, **options)
+    twin = lab.ideal_twin()  # not .to(dtype): the SHG twin keeps complex buffers and casts at its forward
+    twin.eval().requires_grad_(False)
+    return lab, twin
