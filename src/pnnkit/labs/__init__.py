@@ -18,6 +18,19 @@ _LABS: dict[str, Callable[..., PhysicalSystem]] = {}
 _LAB_MODULES: dict[str, str] = {"oscillators": "pnnkit.labs.oscillators", "shg": "pnnkit.labs.shg", "circuit": "pnnkit.labs.circuit", "plate": "pnnkit.labs.plate"}
 
 
+def resolve_imperfections(options: dict[str, Any], cls: type) -> Any:
+    """Pop ``imperfections`` (an instance of ``cls``, a dict of its fields, or None = defaults) and
+    ``imperfection_scale`` (multiplies every defect) from a lab's ``options``; return the scaled defects."""
+    imp = options.pop("imperfections", None)
+    scale = options.pop("imperfection_scale", 1.0)
+    if isinstance(imp, dict):
+        try:
+            imp = cls(**imp)
+        except TypeError as e:
+            raise ConfigError(f"imperfections: {e}") from e
+    return (imp or cls()).scaled(scale)
+
+
 def register_lab(name: str, factory: Callable[..., PhysicalSystem], module: str | None = None) -> None:
     _LABS[name] = factory
     if module:

@@ -50,6 +50,7 @@ from torchdiffeq import odeint
 from ..errors import ConfigError, DeviceError
 from ..spec import ParamSpec, SystemSpec
 from ..system import Params, PhysicalSystem
+from . import register_lab, resolve_imperfections
 from ..twins import DigitalTwin, register_twin
 
 K_BOLTZMANN = 1.380649e-23  # J/K (exact, SI 2019)
@@ -846,12 +847,9 @@ class CircuitODETwin(DigitalTwin):
         return v @ self.bins.to(dt).T + self.offset.to(dt)
 
 
+
 def _make(**options: Any) -> CircuitLab:
-    imp = options.pop("imperfections", None)
-    scale = options.pop("imperfection_scale", 1.0)
-    if isinstance(imp, dict):
-        imp = CircuitImperfections(**imp)
-    imp = (imp or CircuitImperfections()).scaled(scale)
+    imp = resolve_imperfections(options, CircuitImperfections)
     for key, cls in (("components", CircuitComponents), ("timing", CircuitTiming)):
         if isinstance(options.get(key), dict):
             options[key] = cls(**options[key])
@@ -859,7 +857,5 @@ def _make(**options: Any) -> CircuitLab:
         options["dtype"] = getattr(torch, options["dtype"])
     return CircuitLab(imperfections=imp, **options)
 
-
-from . import register_lab  # noqa: E402
 
 register_lab("circuit", _make)

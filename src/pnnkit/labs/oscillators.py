@@ -20,6 +20,7 @@ from torchdiffeq import odeint
 from ..errors import ConfigError
 from ..spec import ParamSpec, SystemSpec
 from ..system import Params, PhysicalSystem
+from . import register_lab, resolve_imperfections
 from ..twins import DigitalTwin, register_twin
 
 
@@ -192,15 +193,10 @@ class OscillatorPhysicsTwin(DigitalTwin):
         return y * self.log_output_gain.exp().to(dt)
 
 
+
 def _make(**options: Any) -> CoupledOscillatorLab:
-    imp = options.pop("imperfections", None)
-    scale = options.pop("imperfection_scale", 1.0)
-    if isinstance(imp, dict):
-        imp = OscillatorImperfections(**imp)
-    imp = (imp or OscillatorImperfections()).scaled(scale)
+    imp = resolve_imperfections(options, OscillatorImperfections)
     return CoupledOscillatorLab(imperfections=imp, **options)
 
-
-from . import register_lab  # noqa: E402
 
 register_lab("oscillators", _make)

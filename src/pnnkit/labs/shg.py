@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..spec import ParamSpec, SystemSpec
 from ..system import Params, PhysicalSystem
+from . import register_lab, resolve_imperfections
 from ..twins import DigitalTwin, register_twin
 
 C_NM_PER_FS = 299.792458  # speed of light, nm/fs
@@ -576,16 +577,11 @@ class SHGPhysicsTwin(DigitalTwin):
         return y * self.log_gain.exp().to(dt)
 
 
+
 def _make(**options: Any) -> SHGLab:
-    imp = options.pop("imperfections", None)
-    scale = options.pop("imperfection_scale", 1.0)
-    if isinstance(imp, dict):
-        imp = SHGImperfections(**imp)
-    imp = (imp or SHGImperfections()).scaled(scale)
+    imp = resolve_imperfections(options, SHGImperfections)
     return SHGLab(imperfections=imp, **options)
 
-
-from . import register_lab  # noqa: E402
 
 register_lab("shg", _make)
 
