@@ -34,6 +34,25 @@ def test_full_and_quick_configs_validate_and_match(name):
     assert "n_train" not in full.task.options and "n_test" not in full.task.options  # the 8,000 / 2,000 split
 
 
+@pytest.mark.parametrize("name", ["mnist_mechanical", "mnist_electronic"])
+def test_time_domain_readout_sees_the_whole_drive(name):
+    """Plate and circuit are causal: the class scores must come from the end of the last layer's record (after the
+    last pixel has been played), each averaged over several bins — not from bins spread over the record (class c
+    would only see the pixels before its window) nor from a few bins before the data ends."""
+    cfg = load_config(EXAMPLES / f"{name}.yaml")
+    head = cfg.network.head
+    kinds = [b.type for b in head]
+    assert kinds == ["slice", "pool", "rescale"], kinds
+    opts = cfg.lab.options
+    n_bins = opts["output_dim"]
+    assert head[0].stop == n_bins  # the slice ends with the record
+    per_class = (head[0].stop - head[0].start) / head[1].out
+    assert head[1].out == 10 and per_class >= 2
+    if name == "mnist_mechanical":  # window = data (n_inputs) + ring-down tail (64 DAC samples by default)
+        data_end_bin = n_bins * opts["n_inputs"] / (opts["n_inputs"] + opts.get("n_tail", 64))
+        assert head[0].start >= data_end_bin - 2  # at most the last ≈ 2.5 DAC samples of the data segment
+
+
 def _tiny(name: str) -> dict:
     d = yaml.safe_load((EXAMPLES / f"{name}_quick.yaml").read_text())
     d["task"]["options"].update(n_train=100, n_test=50, data_dir=str(DATA / "mnist-t10k"))
