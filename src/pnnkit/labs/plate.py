@@ -43,6 +43,7 @@ from torchdiffeq import odeint
 from ..errors import ConfigError
 from ..spec import ParamSpec, SystemSpec
 from ..system import Params, PhysicalSystem
+from . import register_lab, resolve_imperfections
 from ..twins import DigitalTwin, register_twin
 
 __all__ = [
@@ -873,17 +874,12 @@ class PlatePhysicsTwin(DigitalTwin):
 
 
 def _make(**options: Any) -> PlateLab:
-    imp = options.pop("imperfections", None)
-    scale = options.pop("imperfection_scale", 1.0)
-    if isinstance(imp, dict):
-        imp = PlateImperfections(**imp)
+    imp = resolve_imperfections(options, PlateImperfections)
     design = options.pop("design", None)
     if isinstance(design, dict):
         design = PlateDesign.from_dict(design)
-    imp = (imp or PlateImperfections()).scaled(scale)
     return PlateLab(imperfections=imp, design=design, **options)
 
 
-from . import register_lab  # noqa: E402
 
 register_lab("plate", _make)
