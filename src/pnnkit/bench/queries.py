@@ -33,7 +33,6 @@ parameters), which saves wall time but not queries.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from pathlib import Path

@@ -10,8 +10,28 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from ..errors import ConfigError
 from ..system import PhysicalSystem
+
+
+class VirtualLab(PhysicalSystem):
+    """Base of the simulated labs: a seeded per-measurement noise generator and a measurement counter, both
+    saved and restored by checkpoints (so a resumed run reproduces an uninterrupted one exactly)."""
+
+    def _init_noise(self, seed: int) -> None:
+        self._noise = torch.Generator().manual_seed(int(seed))
+        self._count = 0  # samples measured so far (labs with slow drift advance it)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"noise": self._noise.get_state(), "count": self._count}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if "noise" in state:
+            self._noise.set_state(state["noise"])
+        if "count" in state:
+            self._count = int(state["count"])
 
 _LABS: dict[str, Callable[..., PhysicalSystem]] = {}
 # Lab modules imported lazily on first use (heavy optional dependencies stay optional).

@@ -49,8 +49,8 @@ from torchdiffeq import odeint
 
 from ..errors import ConfigError, DeviceError
 from ..spec import ParamSpec, SystemSpec
-from ..system import Params, PhysicalSystem
-from . import register_lab, resolve_imperfections
+from ..system import Params
+from . import VirtualLab, register_lab, resolve_imperfections
 from ..twins import DigitalTwin, register_twin
 
 K_BOLTZMANN = 1.380649e-23  # J/K (exact, SI 2019)
@@ -585,7 +585,7 @@ def unit_values(
     return c, k
 
 
-class CircuitLab(PhysicalSystem):
+class CircuitLab(VirtualLab):
     """The transistor circuit as a physical system; each instance is one physical unit (``unit`` seeds its defects).
 
     Args:
@@ -696,15 +696,7 @@ class CircuitLab(PhysicalSystem):
             },
         )
         self._seed = seed
-        self._noise = torch.Generator().manual_seed(seed)
-
-    # --- state ---------------------------------------------------------------------------------------------
-    def get_state(self) -> dict[str, Any]:
-        return {"noise": self._noise.get_state()}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        if "noise" in state:
-            self._noise.set_state(state["noise"])
+        self._init_noise(seed)
 
     # --- measurement ---------------------------------------------------------------------------------------
     def drive_levels(self, x: Tensor, params: Params) -> Tensor:

@@ -19,8 +19,8 @@ from torchdiffeq import odeint
 
 from ..errors import ConfigError
 from ..spec import ParamSpec, SystemSpec
-from ..system import Params, PhysicalSystem
-from . import register_lab, resolve_imperfections
+from ..system import Params
+from . import VirtualLab, register_lab, resolve_imperfections
 from ..twins import DigitalTwin, register_twin
 
 
@@ -78,7 +78,7 @@ def integrate_oscillators(
     return out[-1, :, :n]
 
 
-class CoupledOscillatorLab(PhysicalSystem):
+class CoupledOscillatorLab(VirtualLab):
     """``n`` coupled pendula; each instance is one physical unit (``unit`` seeds its fixed defects).
 
     Args:
@@ -138,14 +138,7 @@ class CoupledOscillatorLab(PhysicalSystem):
         self._coupling_factor = (1 + eps).to(dtype)
         self._alpha = 1.0 + imp.nonlinearity_error
         self._seed = seed
-        self._noise = torch.Generator().manual_seed(seed)
-
-    def get_state(self) -> dict[str, Any]:
-        return {"noise": self._noise.get_state()}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        if "noise" in state:
-            self._noise.set_state(state["noise"])
+        self._init_noise(seed)
 
     def measure(self, x: Tensor, params: Params) -> Tensor:
         imp, dt = self.imperfections, x.dtype

@@ -42,8 +42,8 @@ from torchdiffeq import odeint
 
 from ..errors import ConfigError
 from ..spec import ParamSpec, SystemSpec
-from ..system import Params, PhysicalSystem
-from . import register_lab, resolve_imperfections
+from ..system import Params
+from . import VirtualLab, register_lab, resolve_imperfections
 from ..twins import DigitalTwin, register_twin
 
 __all__ = [
@@ -599,7 +599,7 @@ class _PlateModel:
         return (y_win * y_win) @ W
 
 
-class PlateLab(PhysicalSystem):
+class PlateLab(VirtualLab):
     """A speaker-driven metal plate recorded by a microphone; each instance is one physical unit.
 
     The drive (DAC, ``sample_rate``, zero-order hold) is ``[θ | x (+ bias) | n_tail zeros]`` volts, amplified
@@ -659,8 +659,7 @@ class PlateLab(PhysicalSystem):
         g = torch.Generator().manual_seed(7_919 * (self.unit + 1) + 1)
         self._drift_phase = float(torch.rand((), generator=g, dtype=torch.float64)) * 2 * math.pi
         self._seed = int(seed)
-        self._noise = torch.Generator().manual_seed(self._seed)
-        self._count = 0  # samples measured so far (drives the temperature cycle)
+        self._init_noise(self._seed)  # also resets the measurement count (drives the temperature cycle)
         self.spec = self.model.make_spec(
             "plate" + ("-ideal" if ideal else ""),
             {"n_modes": n_modes, "drive_scale": drive_scale, "sample_rate": sample_rate, "substeps": substeps,
@@ -725,16 +724,6 @@ class PlateLab(PhysicalSystem):
         mdl = self.model
         L = mdl.n_params + mdl.n_inputs + mdl.n_tail
         return (torch.arange(L * mdl.substeps, dtype=torch.float64) + 0.5) / (mdl.sample_rate * mdl.substeps)
-
-    # --- state ----------------------------------------------------------------------------------------------
-    def get_state(self) -> dict[str, Any]:
-        return {"noise": self._noise.get_state(), "count": self._count}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        if "noise" in state:
-            self._noise.set_state(state["noise"])
-        if "count" in state:
-            self._count = int(state["count"])
 
     # --- measurement ----------------------------------------------------------------------------------------
     def record(self, x: Tensor, params: Params) -> Tensor:

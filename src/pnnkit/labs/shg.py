@@ -35,8 +35,8 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..spec import ParamSpec, SystemSpec
-from ..system import Params, PhysicalSystem
-from . import register_lab, resolve_imperfections
+from ..system import Params
+from . import VirtualLab, register_lab, resolve_imperfections
 from ..twins import DigitalTwin, register_twin
 
 C_NM_PER_FS = 299.792458  # speed of light, nm/fs
@@ -320,7 +320,7 @@ def sh_field_fft(a: Tensor, in_phase: Tensor, out_factor: Tensor, nfft: int) -> 
     return (conv * out_factor).sum(1)
 
 
-class SHGLab(PhysicalSystem):
+class SHGLab(VirtualLab):
     """Pulse shaper → χ(2) crystal (type-I BBO) → spectrometer; each instance is one physical unit.
 
     Args:
@@ -425,8 +425,7 @@ class SHGLab(PhysicalSystem):
         self._drift_freq = 2 * math.pi / periods
         self._drift_phase = 2 * math.pi * torch.rand(4, generator=gd, dtype=f64)
         self._seed = int(seed)
-        self._noise = torch.Generator().manual_seed(int(seed))
-        self._count = 0
+        self._init_noise(seed)
 
         shot_rel = imp.shot_noise / math.sqrt(self.counts_per_unit)
         read_rel = imp.read_noise_counts / self.counts_per_unit
@@ -447,16 +446,6 @@ class SHGLab(PhysicalSystem):
             meta={**self.config, "unit": self.unit, "ideal": self.ideal, "imperfections": asdict(imp),
                   "input_pixels": d.input_pixels.tolist(), "param_pixels": d.param_pixels.tolist()},
         )
-
-    # --- state ----------------------------------------------------------------------------------------------
-    def get_state(self) -> dict[str, Any]:
-        return {"noise": self._noise.get_state(), "count": self._count}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        if "noise" in state:
-            self._noise.set_state(state["noise"])
-        if "count" in state:
-            self._count = int(state["count"])
 
     # --- physics --------------------------------------------------------------------------------------------
     def pixel_transmission(self, x: Tensor, params: Params) -> Tensor:
