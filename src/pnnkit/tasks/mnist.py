@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
-from . import ClassificationTask, data_dir, register_task, stratified_split
+from . import ClassificationTask, register_task, stratified_split
+from . import data_dir as resolve_data_dir
 
 SOURCE = (
     "MNIST (LeCun, Cortes & Burges) comes as four IDX files, e.g. from https://yann.lecun.com/exdb/mnist/ or "
@@ -115,7 +116,7 @@ def _subset(y: np.ndarray, n: int | None, seed: int, what: str) -> np.ndarray:
 
 
 def load_mnist(
-    data_dir_: str | Path | None = None,
+    data_dir: str | Path | None = None,
     *,
     downsample: int = SIDE,
     n_train: int | None = None,
@@ -128,7 +129,7 @@ def load_mnist(
     if not 1 <= int(downsample) <= SIDE:
         raise ConfigError(f"mnist: downsample must be in 1…{SIDE}, got {downsample}")
     downsample = int(downsample)
-    directory = data_dir(data_dir_, "mnist-t10k", SOURCE)
+    directory = resolve_data_dir(data_dir, "mnist-t10k", SOURCE)
     test = _read_pair(directory, "t10k")
     train = _read_pair(directory, "train")
     if test is None and train is None:
@@ -167,15 +168,4 @@ def load_mnist(
     )
 
 
-def _load(
-    data_dir: str | Path | None = None,
-    downsample: int = SIDE,
-    n_train: int | None = None,
-    n_test: int | None = None,
-    seed: int = 0,
-    test_size: int | None = None,
-) -> ClassificationTask:
-    return load_mnist(data_dir, downsample=downsample, n_train=n_train, n_test=n_test, seed=seed, test_size=test_size)
-
-
-register_task("mnist", _load)
+register_task("mnist", load_mnist)
