@@ -58,3 +58,18 @@ def test_bench_group_is_registered():
     assert res.exit_code == 0
     for name in BENCHMARKS:
         assert name in res.output
+
+
+def test_overhead_selects_labs_batches_and_depths(tmp_path):
+    out = tmp_path / "o.json"
+    res = CliRunner().invoke(app, ["bench", "overhead", "--quick", "--lab", "shg", "--batch", "16", "--depth", "2",
+                                   "--repeats", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    _check_contract(data, "overhead")
+    assert [(r["lab"], r["batch"], r["depth"]) for r in data["rows"]] == [("shg", 16, 2)]
+    r = data["rows"][0]
+    assert r["grads_identical"] and r["digital_ms"] > 0 and r["rounds"] >= 1
+    assert "allocator" in data["settings"]
+    bad = CliRunner().invoke(app, ["bench", "overhead", "--quick", "--lab", "nope"])
+    assert bad.exit_code != 0

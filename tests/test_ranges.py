@@ -78,3 +78,60 @@ def test_projection_keeps_stored_parameters_in_range():
         layer.theta["W"].fill_(10.0)
     project_parameters(nn.Sequential(layer))
     assert float(layer.theta["W"].detach().max()) == 2.0
+
+
+# --- the guard's fused check (one min/max reduction) must refuse exactly what the element-wise checks refuse ---------
+def _bounds_system(lo: float, hi: float, dtype=torch.float32):
+    from pnnkit import ParamSpec, SystemSpec
+
+    spec = SystemSpec("bounds", 3, 3, lo, hi, (ParamSpec("w", (3,), lo, hi),))
+    return FunctionSystem(lambda x, p: x * p["w"], spec)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("lo,hi", [(0.7, 1.3), (0.0, 1.0), (-0.3, 0.1)])
+def test_values_clamped_to_a_bound_pass_the_guard(dtype, lo, hi):
+    # bounds not representable in the dtype: a clamped value equals the bound rounded to the dtype, and the
+    # element-wise comparison (x < lo in x's dtype) accepts it; the fused check must accept it too
+    system = _bounds_system(lo, hi)
+    x = torch.tensor([[lo, hi, (lo + hi) / 2]] * 5, dtype=torch.float64).to(dtype).clamp(lo, hi)
+    w = torch.tensor([lo, hi, hi], dtype=torch.float64).to(dtype).clamp(lo, hi)
+    assert system(x, {"w": w}).shape == (5, 3)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("where", [0, 517, 4095])
+def test_nan_or_inf_anywhere_is_refused_before_the_device(bad, where):
+    system = RecordingSystem()
+    x = torch.rand(1024, 4) * 1.8 - 0.9
+    x.view(-1)[where] = bad
+    params = {"W": torch.zeros(4, 4), "b": torch.zeros(4)}
+    with pytest.raises(RangeError, match="input contains NaN or inf"):
+        system(x, params)
+    w = torch.zeros(4, 4)
+    w.view(-1)[where % 16] = bad
+    with pytest.raises(RangeError, match="parameter 'W' contains NaN or inf"):
+        system(torch.zeros(2, 4), {"W": w, "b": torch.zeros(4)})
+    assert system.seen == []
+
+
+def test_just_outside_the_range_is_refused():
+    system = _bounds_system(0.0, 1.0)
+    w = torch.full((3,), 0.5)
+    for v in (torch.nextafter(torch.tensor(0.0), torch.tensor(-1.0)), torch.nextafter(torch.tensor(1.0), torch.tensor(2.0))):
+        x = torch.full((64, 3), 0.5)
+        x[37, 1] = v
+        with pytest.raises(RangeError, match="input outside its hard range"):
+            system(x, {"w": w})
+        with pytest.raises(RangeError, match="parameter 'w' outside its hard range"):
+            system(torch.full((2, 3), 0.5), {"w": torch.tensor([0.5, float(v), 0.5])})
+
+
+def test_integer_inputs_and_empty_parameter_blocks_still_checked():
+    from pnnkit import ParamSpec, SystemSpec
+
+    spec = SystemSpec("int", 2, 2, 0.0, 3.0, (ParamSpec("none", (0,), 0.0, 1.0),))
+    system = FunctionSystem(lambda x, p: x.float(), spec)
+    assert system(torch.tensor([[0, 3]]), {"none": torch.zeros(0)}).tolist() == [[0.0, 3.0]]
+    with pytest.raises(RangeError, match="input outside its hard range"):
+        system(torch.tensor([[0, 4]]), {"none": torch.zeros(0)})

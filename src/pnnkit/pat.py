@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 from torch import Tensor
 
+from .allocator import auto_retain
 from .errors import TwinError
 from .system import PhysicalSystem
 
@@ -123,7 +124,11 @@ def pat_forward(
 
     ``overlap=True`` runs the twin's forward pass in a worker thread while the device measures (same gradients,
     bit for bit; less wall time when device calls are slow). Without autograd it is the plain path.
+
+    The first call lets glibc keep freed heap memory for the next step (:mod:`pnnkit.allocator`; opt out with
+    ``PNNKIT_RETAIN_HEAP=0``): without it the large temporaries of a step are page-faulted in anew every step.
     """
+    auto_retain()
     names = list(params)
     thetas = [params[n] for n in names]
     if overlap and torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in thetas)):

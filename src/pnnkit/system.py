@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -14,6 +16,27 @@ from .errors import DeviceError, RangeError, ShapeError
 from .spec import SystemSpec
 
 Params = Mapping[str, Tensor]
+
+
+@functools.lru_cache(maxsize=256)
+def _bound_in(value: float, dtype: torch.dtype) -> float:
+    """``value`` rounded to ``dtype``, as the element-wise comparison ``x < value`` rounds it."""
+    return float(torch.tensor(value, dtype=dtype))
+
+
+def _finite_within(t: Tensor, low: float, high: float) -> bool:
+    """True when every value of ``t`` is finite and inside ``[low, high]`` — one fused min/max reduction.
+
+    ``aminmax`` propagates NaN into both results, which then fail every comparison; ±inf fail the bounds or the
+    finiteness test. False means "not shown to be fine" (also for dtypes this path does not handle): the caller
+    then runs the detailed element-wise checks, which raise the clear error.
+    """
+    if not t.is_floating_point() or t.numel() == 0:
+        return False
+    mn, mx = torch.aminmax(t.detach())
+    lo, hi = mn.item(), mx.item()
+    return (math.isfinite(lo) and math.isfinite(hi)
+            and _bound_in(low, t.dtype) <= lo and hi <= _bound_in(high, t.dtype))
 
 
 class PhysicalSystem(ABC):
@@ -77,14 +100,15 @@ class PhysicalSystem(ABC):
         batch = x.shape[0]
         if batch == 0:
             raise ShapeError(f"{spec.name}: empty batch")
-        if not torch.isfinite(x).all():
-            raise RangeError(f"{spec.name}: input contains NaN or inf")
         lo, hi = spec.input_low, spec.input_high
-        if bool((x < lo).any()) or bool((x > hi).any()):
-            raise RangeError(
-                f"{spec.name}: input outside its hard range [{lo}, {hi}] {spec.input_unit} "
-                f"(min {x.min().item():.6g}, max {x.max().item():.6g}); constrain it before the call"
-            )
+        if not _finite_within(x, lo, hi):  # fast path: one reduction; otherwise the detailed checks below
+            if not torch.isfinite(x).all():
+                raise RangeError(f"{spec.name}: input contains NaN or inf")
+            if bool((x < lo).any()) or bool((x > hi).any()):
+                raise RangeError(
+                    f"{spec.name}: input outside its hard range [{lo}, {hi}] {spec.input_unit} "
+                    f"(min {x.min().item():.6g}, max {x.max().item():.6g}); constrain it before the call"
+                )
         missing = set(spec.param_names) - set(params)
         extra = set(params) - set(spec.param_names)
         if missing or extra:
@@ -102,13 +126,14 @@ class PhysicalSystem(ABC):
             if not (ok_shared or ok_batched):
                 want = f"{p.shape}" + (f" or {(batch, *p.shape)}" if self.batched_params else "")
                 raise ShapeError(f"{spec.name}: parameter {p.name!r} must have shape {want}, got {tuple(v.shape)}")
-            if not torch.isfinite(v).all():
-                raise RangeError(f"{spec.name}: parameter {p.name!r} contains NaN or inf")
-            if bool((v < p.low).any()) or bool((v > p.high).any()):
-                raise RangeError(
-                    f"{spec.name}: parameter {p.name!r} outside its hard range [{p.low}, {p.high}] {p.unit} "
-                    f"(min {v.min().item():.6g}, max {v.max().item():.6g})"
-                )
+            if v.numel() and not _finite_within(v, p.low, p.high):
+                if not torch.isfinite(v).all():
+                    raise RangeError(f"{spec.name}: parameter {p.name!r} contains NaN or inf")
+                if bool((v < p.low).any()) or bool((v > p.high).any()):
+                    raise RangeError(
+                        f"{spec.name}: parameter {p.name!r} outside its hard range [{p.low}, {p.high}] {p.unit} "
+                        f"(min {v.min().item():.6g}, max {v.max().item():.6g})"
+                    )
         return batch
 
     def __call__(self, x: Tensor, params: Params, *, grad: bool = False) -> Tensor:
@@ -132,7 +157,7 @@ class PhysicalSystem(ABC):
             raise DeviceError(
                 f"{self.spec.name}: measure() returned shape {tuple(y.shape)}, expected ({batch}, {self.spec.output_dim})"
             )
-        if not torch.isfinite(y).all():
+        if not _finite_within(y, -math.inf, math.inf) and not torch.isfinite(y).all():
             bad = int((~torch.isfinite(y)).any(dim=1).sum())
             raise DeviceError(f"{self.spec.name}: measurement returned NaN/inf for {bad} of {batch} samples")
         self._calls = self.calls + 1

@@ -14,12 +14,22 @@ Quick = Annotated[bool, typer.Option("--quick", help="tiny sizes, for tests (sec
 
 
 @bench_app.command()
-def overhead(out: Out = None, quick: Quick = False) -> None:
+def overhead(
+    out: Out = None,
+    quick: Quick = False,
+    lab: Annotated[Optional[list[str]], typer.Option("--lab", help="lab(s) to run (repeatable; default: all)")] = None,
+    batch: Annotated[Optional[list[int]], typer.Option("--batch", help="batch size(s) (repeatable; default 32 128 256 1024)")] = None,
+    depth: Annotated[Optional[list[int]], typer.Option("--depth", help="depth(s) (repeatable; default 1–5)")] = None,
+    repeats: Annotated[Optional[int], typer.Option("--repeats", min=1, help="interleaved timing rounds (default 15)")] = None,
+) -> None:
     """PAT step vs the sum of its parts (device, twin VJP, optimizer) and vs the authors' formulation."""
     from . import overhead as m
-    from .common import write_and_print
+    from .common import available_labs, write_and_print
 
-    write_and_print(m.run(quick=quick), out, m.COLUMNS)
+    unknown = sorted(set(lab or []) - set(available_labs()))
+    if unknown:
+        raise typer.BadParameter(f"unknown lab(s) {unknown}; choose from {available_labs()}", param_hint="--lab")
+    write_and_print(m.run(quick=quick, labs=lab, batches=batch, depths=depth, repeats=repeats), out, m.COLUMNS)
 
 
 @bench_app.command()

@@ -1,0 +1,64 @@
+"""pnnkit.allocator: glibc heap retention, applied once by the PAT path unless opted out or tuned by the user."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+import torch
+
+from helpers import tanh_model, tanh_system
+from pnnkit import PhysicalLayer, allocator
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """A process state in which auto_retain has not run yet (restored afterwards)."""
+    monkeypatch.setattr(allocator, "_auto_checked", False)
+    monkeypatch.setattr(allocator, "_state", {"applied": False, "reason": "not requested"})
+    for k in ("PNNKIT_RETAIN_HEAP", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_",
+              "GLIBC_TUNABLES", "LD_PRELOAD"):
+        monkeypatch.delenv(k, raising=False)
+    return monkeypatch
+
+
+glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+
+
+@glibc
+def test_first_pat_forward_retains_freed_memory(fresh):
+    layer = PhysicalLayer(tanh_system(4), tanh_model)
+    layer(torch.zeros(2, 4)).sum().backward()
+    st = allocator.allocator_state()
+    assert st["applied"] is True and st["trim_threshold_mb"] == allocator.TRIM_THRESHOLD_MB
+
+
+@pytest.mark.parametrize("env,value,reason", [
+    ("PNNKIT_RETAIN_HEAP", "0", "PNNKIT_RETAIN_HEAP is off"),
+    ("PNNKIT_RETAIN_HEAP", "off", "PNNKIT_RETAIN_HEAP is off"),
+    ("MALLOC_TRIM_THRESHOLD_", "1000000", "MALLOC_TRIM_THRESHOLD_ is set"),
+    ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1000000", "GLIBC_TUNABLES"),
+    ("LD_PRELOAD", "/usr/lib/libjemalloc.so.2", "jemalloc is preloaded"),
+])
+def test_opt_out_and_user_tuning_are_respected(fresh, env, value, reason):
+    fresh.setenv(env, value)
+    called = []
+    fresh.setattr(allocator, "retain_freed_memory", lambda *a, **k: called.append(1))
+    allocator.auto_retain()
+    allocator.auto_retain()
+    st = allocator.allocator_state()
+    assert st["applied"] is False and reason in st["reason"] and called == []
+
+
+def test_auto_retain_runs_once(fresh):
+    called = []
+    fresh.setattr(allocator, "retain_freed_memory", lambda *a, **k: called.append(1) or True)
+    for _ in range(3):
+        allocator.auto_retain()
+    assert called == [1]
+
+
+def test_not_glibc_is_a_no_op(fresh):
+    fresh.setattr(allocator, "_glibc_mallopt", lambda: None)
+    assert allocator.retain_freed_memory() is False
+    assert allocator.allocator_state() == {"applied": False, "reason": "not glibc malloc"}
