@@ -31,6 +31,7 @@ def test_vowels_shg_tiny_run(tmp_path, shared_data):
     data["cv_folds"] = 2
     data["digital_baseline"].update(epochs=2)
     data["imperfection_sweep"] = [0, 1]
+    data["sweep_seeds"] = [0, 1]
     cfg = validate_config(data, "vowels_shg (tiny)")
     run_experiment(cfg, tmp_path)
     r = json.loads((tmp_path / "results.json").read_text())
@@ -43,6 +44,9 @@ def test_vowels_shg_tiny_run(tmp_path, shared_data):
     assert isinstance(r["methods"]["in_silico"]["twin_test_accuracy"], float)
     assert r["twin"]["kind"] == "shg_physics" and len(r["twin"]["val_nrmse_per_output"]) == 12
     assert [row["scale"] for row in r["imperfection_sweep"]] == [0, 1]
+    for row in r["imperfection_sweep"]:  # mean over the network seeds, with its spread and the per-seed values
+        assert row["seeds"] == [0, 1] and len(row["pat_per_seed"]) == 2
+        assert row["pat"] == pytest.approx(sum(row["pat_per_seed"]) / 2) and row["pat_std"] >= 0
     assert 0 <= r["digital_baseline"]["test_accuracy"] <= 1
     for f in ("confusion_pat.png", "confusion_in_silico.png", "imperfection_sweep.png", "twin_error_per_bin.png",
               "shg_spectra_pat.png", "shg_spectra_in_silico.png"):

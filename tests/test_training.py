@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import pytest
 import torch
 from torch import nn
 
@@ -12,7 +13,7 @@ from pnnkit.tasks import load_task
 from pnnkit.training import TrainConfig, Trainer
 
 
-def _setup():
+def _setup(init: str = "fixed"):
     task = load_task("digits")
     task.x_train, task.y_train = task.x_train[:256], task.y_train[:256]
     task.x_test, task.y_test = task.x_test[:64], task.y_test[:64]
@@ -20,27 +21,28 @@ def _setup():
     twin = lab.ideal_twin()
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 8), PhysicalLayer(lab, twin, generator=g), ElementwiseRescale(8),
+    model = nn.Sequential(nn.Linear(64, 8), PhysicalLayer(lab, twin, generator=g), ElementwiseRescale(8, init=init),
                           PhysicalLayer(lab, twin, generator=g), nn.Linear(8, 10))
     return task, model
 
 
-def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("init", ["fixed", "data"])
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, init):
     cfg = TrainConfig(epochs=3, batch_size=64, lr=0.02, seed=0, monitor_physical=True, progress=False)
-    task, model = _setup()
+    task, model = _setup(init)
     full = Trainer(model, task, "pat", cfg, tmp_path / "full")
     full.train()
     want = {k: v.clone() for k, v in model.state_dict().items()}
 
-    task, model = _setup()
+    task, model = _setup(init)
     first = Trainer(model, task, "pat", cfg, tmp_path / "cut")
     first.train(stop_after=2)  # "interrupted" after epoch 2; checkpoint on disk
-    task, model = _setup()  # a fresh process would rebuild everything from the config
+    task, model = _setup(init)  # a fresh process would rebuild everything from the config
     resumed = Trainer(model, task, "pat", cfg, tmp_path / "cut")
     resumed.train(resume=True)
     assert resumed.epoch == 3
     got = model.state_dict()
-    assert any(not torch.equal(want[k], _setup()[1].state_dict()[k]) for k in want)  # training moved something
+    assert any(not torch.equal(want[k], _setup(init)[1].state_dict()[k]) for k in want)  # training moved something
     for k in want:
         assert torch.equal(got[k], want[k]), k
     assert resumed.train_queries == full.train_queries
@@ -75,3 +77,21 @@ def test_every_training_measurement_is_logged(tmp_path):
     first = _setup()[1][1].params()["J"].detach()
     assert torch.equal(m.params["J"][0], first)
     log.close()
+
+
+def test_data_init_measures_on_the_device_once_and_counts_the_queries():
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.02, seed=0, monitor_physical=False, progress=False,
+                      init_samples=100)
+    task, model = _setup("data")
+    rescale = model[2]
+    tr = Trainer(model, task, "pat", cfg)
+    tr.train()
+    # init: 100 samples through the first physical layer only (the pass stops at the rescale); then one epoch
+    assert tr.train_queries == 100 + 2 * len(task.x_train)
+    assert bool(rescale.initialised)
+    scale = rescale.scale.detach().clone()
+    again = Trainer(model, task, "pat", TrainConfig(epochs=1, batch_size=64, lr=0.0, progress=False,
+                                                    monitor_physical=False, init_samples=100))
+    again.train()  # a trained network is not re-initialised: only the epoch's queries, a unchanged at lr 0
+    assert again.train_queries == 2 * len(task.x_train)
+    assert torch.equal(rescale.scale, scale)

@@ -3,7 +3,8 @@
 Public API (everything else is internal):
   systems   :class:`PhysicalSystem`, :class:`FunctionSystem`, :class:`SystemSpec`, :class:`ParamSpec`
   layers    :class:`PhysicalLayer`, :class:`ElementwiseRescale`, :class:`Slice`, :func:`set_mode`,
-            :func:`using_mode`, :func:`project_parameters`, :func:`physical_layers`, :func:`pat_forward`
+            :func:`using_mode`, :func:`project_parameters`, :func:`physical_layers`, :func:`pat_forward`,
+            :func:`init_from_data`
   twins     :class:`DigitalTwin`, :class:`MLPTwin`, :func:`fit_twin`, :func:`evaluate_twin`,
             :class:`MeasurementSet`, :func:`acquire`
   labs      :func:`make_lab`, :func:`lab_names`
@@ -19,6 +20,7 @@ from .layers import (
     ElementwiseRescale,
     PhysicalLayer,
     Pool,
+    init_from_data,
     Slice,
     physical_layers,
     project_parameters,
@@ -36,8 +38,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError", "DataError", "DeviceError", "PnnkitError", "RangeError", "ShapeError", "TwinError",
     "lab_names", "make_lab",
-    "MODES", "ElementwiseRescale", "PhysicalLayer", "Pool", "Slice", "physical_layers", "project_parameters",
-    "set_mode", "using_mode",
+    "MODES", "ElementwiseRescale", "PhysicalLayer", "Pool", "Slice", "init_from_data", "physical_layers",
+    "project_parameters", "set_mode", "using_mode",
     "MeasurementLog", "MeasurementSet", "acquire", "pat_forward", "twin_vjp",
     "ParamSpec", "SystemSpec", "FunctionSystem", "PhysicalSystem",
     "DigitalTwin", "FitReport", "MLPTwin", "evaluate_twin", "fit_twin", "register_twin",

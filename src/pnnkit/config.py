@@ -75,6 +75,7 @@ class TrainingConfig(_Strict):
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     monitor_physical: bool = True
     record_measurements: bool = Field(True, description="log every device call during training to HDF5")
+    init_samples: int = Field(256, ge=2, description="training samples for rescale layers with init: data")
 
 
 class DigitalBaselineConfig(_Strict):
@@ -105,6 +106,9 @@ class ExperimentConfig(_Strict):
     digital_baseline: DigitalBaselineConfig | None = None
     depth_sweep: list[int] = Field([], description="network depths to train every method at (same lab and twin)")
     imperfection_sweep: list[float] = Field([], description="imperfection scales; the twin is refitted per scale")
+    sweep_seeds: list[int] = Field(
+        [], description="network seeds (initial weights, batch order) for every sweep point; rows report the mean "
+        "over seeds, its std and the per-seed values ([]: the config's seed only)")
 
 
 def _fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -16,7 +16,7 @@ from .config import DigitalBaselineConfig, ExperimentConfig, LabConfig, TwinConf
 from .errors import ConfigError
 from .labs import make_lab
 from .measurements import MeasurementSet, acquire
-from .networks import LinearBlock, NetworkConfig, PhysicalBlock, build_network, count_digital_parameters
+from .networks import LinearBlock, NetworkConfig, ParallelBlock, PhysicalBlock, build_network, count_digital_parameters
 from .system import PhysicalSystem
 from .tasks import ClassificationTask, load_task
 from .training import TrainConfig, Trainer, TrainResult
@@ -78,7 +78,7 @@ def train_method(
     tc = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, physical_lr=t.physical_lr,
                      weight_decay=t.weight_decay, lr_schedule=t.lr_schedule, seed=cfg.seed,
                      monitor_physical=t.monitor_physical if monitor is None else monitor, progress=progress,
-                     record_measurements=t.record_measurements)
+                     record_measurements=t.record_measurements, init_samples=t.init_samples)
     trainer = Trainer(model, task, method, tc, out_dir)  # type: ignore[arg-type]
     return model, trainer.fit(resume=resume)
 
@@ -162,15 +162,31 @@ def _methods(cfg: ExperimentConfig) -> list[str]:
 
 
 def _accuracies(cfg: ExperimentConfig, task: ClassificationTask, system: PhysicalSystem,
-                twin: DigitalTwin | None) -> dict[str, Any]:
-    """Train every method once (no per-epoch monitoring) and return physical (and twin) test accuracies."""
-    row: dict[str, Any] = {}
-    for m in _methods(cfg):
-        _, res = train_method(cfg, task, system, twin, m, monitor=False)
-        row[m] = res.test_accuracy
-        if res.twin_test_accuracy is not None:
-            row[f"{m}_twin"] = res.twin_test_accuracy
-    return row
+                twin: DigitalTwin | None, seeds: list[int] | None = None) -> dict[str, Any]:
+    """Train every method (no per-epoch monitoring) and return physical (and twin) test accuracies.
+
+    With ``seeds``, every method is trained once per network seed; the row holds the mean over seeds under the
+    method's key, plus ``<key>_std`` and ``<key>_per_seed``.
+    """
+    runs: list[dict[str, Any]] = []
+    for sd in seeds or [cfg.seed]:
+        c = cfg if sd == cfg.seed else cfg.model_copy(update={"seed": sd})
+        row: dict[str, Any] = {}
+        for m in _methods(c):
+            _, res = train_method(c, task, system, twin, m, monitor=False)
+            row[m] = res.test_accuracy
+            if res.twin_test_accuracy is not None:
+                row[f"{m}_twin"] = res.twin_test_accuracy
+        runs.append(row)
+    if not seeds:
+        return runs[0]
+    out: dict[str, Any] = {"seeds": list(seeds)}
+    for key in runs[0]:
+        v = torch.tensor([r[key] for r in runs], dtype=torch.float64)
+        out[key] = float(v.mean())
+        out[f"{key}_std"] = float(v.std(unbiased=False))
+        out[f"{key}_per_seed"] = [r[key] for r in runs]
+    return out
 
 
 def cross_validate(cfg: ExperimentConfig, task: ClassificationTask, system: PhysicalSystem,
@@ -190,7 +206,7 @@ def depth_sweep(cfg: ExperimentConfig, task: ClassificationTask, system: Physica
     for n in depths:
         c = cfg.model_copy(deep=True)
         c.network.depth = n
-        rows.append({"layers": n, **_accuracies(c, task, system, twin)})
+        rows.append({"layers": n, **_accuracies(c, task, system, twin, cfg.sweep_seeds)})
     return rows
 
 
@@ -206,12 +222,12 @@ def imperfection_sweep(cfg: ExperimentConfig, task: ClassificationTask, scales: 
         row: dict[str, Any] = {"scale": s}
         if tw and tw.twin.report:
             row["twin_val_nrmse"] = tw.twin.report.val_nrmse
-        rows.append({**row, **_accuracies(c, task, system, tw.twin if tw else None)})
+        rows.append({**row, **_accuracies(c, task, system, tw.twin if tw else None, cfg.sweep_seeds)})
     return rows
 
 
 def _without_physical(net: NetworkConfig) -> NetworkConfig:
-    strip = lambda blocks: [b for b in blocks if not isinstance(b, PhysicalBlock)]  # noqa: E731
+    strip = lambda blocks: [b for b in blocks if not isinstance(b, (PhysicalBlock, ParallelBlock))]  # noqa: E731
     return NetworkConfig(depth=net.depth, stem=strip(net.stem), layer=strip(net.layer), head=strip(net.head))
 
 

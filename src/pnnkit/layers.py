@@ -146,15 +146,51 @@ class PhysicalLayer(nn.Module):
 
 
 class ElementwiseRescale(nn.Module):
-    """Trainable elementwise affine map ``y = a ⊙ x + b`` (the paper's digital rescaling between layers)."""
+    """Trainable elementwise affine map ``y = a ⊙ x + b`` (the paper's digital rescaling between layers).
 
-    def __init__(self, dim: int, scale: float = 1.0, bias: float = 0.0, dtype: torch.dtype | None = None) -> None:
+    ``init="fixed"`` starts at ``a = scale``, ``b = bias``. ``init="data"`` (data-dependent initialisation) sets
+    ``a``, ``b`` on the first batch seen by :func:`init_from_data` so that every output feature has mean ``bias``
+    and standard deviation ``scale`` over that batch — the next physical layer then sees the *differences*
+    between samples in its working range, however small or offset the previous layer's outputs are.
+    """
+
+    def __init__(self, dim: int, scale: float = 1.0, bias: float = 0.0, dtype: torch.dtype | None = None,
+                 init: str = "fixed") -> None:
         super().__init__()
+        if init not in ("fixed", "data"):
+            raise ConfigError(f"rescale init must be 'fixed' or 'data', got {init!r}")
+        self.init = init
+        self.target = (float(scale), float(bias))
         self.scale = nn.Parameter(torch.full((dim,), float(scale), dtype=dtype))
         self.bias = nn.Parameter(torch.full((dim,), float(bias), dtype=dtype))
+        if init == "data":  # saved with the weights: a trained or resumed network is never re-initialised
+            self.register_buffer("initialised", torch.tensor(False))
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.scale + self.bias
+
+    @torch.no_grad()
+    def set_from_batch(self, x: Tensor, rel_floor: float = 1e-3) -> None:
+        """Choose ``a``, ``b`` so that ``a ⊙ x + b`` has per-feature mean ``bias`` and std ``scale`` on ``x``.
+
+        A feature that is (nearly) constant on the batch (std < ``rel_floor`` × the median std of the others, e.g.
+        a pixel blank in every init image) carries no information to standardise by: it gets the median gain of
+        the other features instead of an enormous one, so a later sample that does vary there stays in range.
+        """
+        if x.dim() != 2 or x.shape[0] < 2:
+            raise ShapeError(f"rescale data init needs a batch (n ≥ 2, {self.scale.numel()}), got {tuple(x.shape)}")
+        std, mean = torch.std_mean(x.to(self.scale.dtype), dim=0)
+        varying = std[std > 0]
+        ref = varying.median() if varying.numel() else torch.ones((), dtype=std.dtype)
+        std = torch.where(std < rel_floor * ref, ref, std)
+        a = self.target[0] / std
+        self.scale.copy_(a)
+        self.bias.copy_(self.target[1] - a * mean)
+        if self.init == "data":
+            self.initialised.fill_(True)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.scale.numel()}" + (", init='data'" if self.init == "data" else "")
 
 
 class Slice(nn.Module):
@@ -221,3 +257,38 @@ def project_parameters(model: nn.Module) -> None:
     """Project the θ of every physical layer back into its hard range (call after each optimizer step)."""
     for layer in physical_layers(model):
         layer.project_()
+
+
+@torch.no_grad()
+def init_from_data(model: nn.Module, x: Tensor) -> int:
+    """Data-dependent initialisation: one forward pass of ``x`` through ``model`` in its current mode, setting every
+    ``ElementwiseRescale(init="data")`` from the batch that reaches it (upstream layers first, so each layer sees
+    the already-initialised network before it); rescales initialised before (trained, resumed) are left alone.
+    In ``pat``/``physical`` mode this measures on the device (the
+    queries are counted as usual); in ``in_silico`` mode it only uses the twin. Returns the number of rescales set.
+    """
+    targets = [m for m in model.modules()
+               if isinstance(m, ElementwiseRescale) and m.init == "data" and not bool(m.initialised)]
+    if not targets:
+        return 0
+    left = [len(targets)]
+
+    def hook(mod: nn.Module, args: tuple[Tensor, ...]) -> None:
+        mod.set_from_batch(args[0])  # type: ignore[operator]
+        left[0] -= 1
+        if not left[0]:  # all set: the rest of the network (and its device queries) is not needed
+            raise _InitDone
+
+    hooks = [m.register_forward_pre_hook(hook) for m in targets]
+    try:
+        model(x)
+    except _InitDone:
+        pass
+    finally:
+        for h in hooks:
+            h.remove()
+    return len(targets)
+
+
+class _InitDone(Exception):
+    """Raised by the last data-initialised rescale to stop the initialisation forward pass early."""

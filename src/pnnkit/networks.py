@@ -8,7 +8,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, ShapeError
 from .layers import ElementwiseRescale, PhysicalLayer, Pool, Slice
 from .pat import Twin
 from .system import PhysicalSystem
@@ -26,12 +26,33 @@ class PhysicalBlock(_Block):
     param_constraint: Literal["clamp", "sigmoid"] = "clamp"
 
 
+class ParallelBlock(_Block):
+    """One physical layer made of ``channels`` uses of the same lab side by side, each with its own θ
+    (the paper's several physical channels / sub-layers per layer).
+
+    ``input: split`` (default) cuts the incoming features into ``channels`` consecutive chunks of the lab's
+    ``input_dim`` (the incoming width must be ``channels · input_dim``): channel k drives the device with chunk k.
+    ``input: shared`` drives every channel with the same incoming features (width ``input_dim``). The channels'
+    outputs are concatenated (width ``channels · output_dim``). Each channel is a separate device call per batch
+    (``channels`` queries per sample); ``without_physical`` baselines drop the block like a ``physical`` one.
+    """
+
+    type: Literal["parallel"]
+    channels: int = Field(ge=1)
+    input: Literal["split", "shared"] = "split"
+    input_constraint: Literal["clamp", "sigmoid"] = "clamp"
+    param_constraint: Literal["clamp", "sigmoid"] = "clamp"
+
+
 class RescaleBlock(_Block):
-    """Trainable elementwise ``a ⊙ x + b`` (initialised to ``scale``, ``bias``)."""
+    """Trainable elementwise ``a ⊙ x + b``: initialised to ``a = scale``, ``b = bias`` (``init: fixed``), or
+    (``init: data``) so that its outputs have per-feature mean ``bias`` and std ``scale`` on a batch of training
+    data at the start of training (see :func:`pnnkit.layers.init_from_data`)."""
 
     type: Literal["rescale"]
     scale: float = 1.0
     bias: float = 0.0
+    init: Literal["fixed", "data"] = "fixed"
 
 
 class LinearBlock(_Block):
@@ -51,10 +72,18 @@ class SliceBlock(_Block):
 
 
 class PoolBlock(_Block):
-    """Average consecutive features into ``out`` groups (like coarser detector bins; no parameters)."""
+    """Average features into ``out`` groups (no parameters).
+
+    ``order: consecutive`` (default) averages runs of neighbouring features (like coarser detector bins);
+    ``order: interleaved`` puts feature ``j`` into group ``j mod out`` — with a time-binned physical output, class
+    ``c`` then averages bins ``c, c + out, c + 2·out, …`` spread over the whole record (a causal device's late bins
+    only see the end of the drive; interleaving gives every class early and late bins alike). Preceded by an
+    elementwise ``rescale``, either order is a sparse linear readout with one weight per feature.
+    """
 
     type: Literal["pool"]
     out: int = Field(gt=0)
+    order: Literal["consecutive", "interleaved"] = "consecutive"
 
 
 class ActivationBlock(_Block):
@@ -65,7 +94,7 @@ class ActivationBlock(_Block):
 
 
 Block = Annotated[
-    Union[PhysicalBlock, RescaleBlock, LinearBlock, SliceBlock, PoolBlock, ActivationBlock],
+    Union[PhysicalBlock, ParallelBlock, RescaleBlock, LinearBlock, SliceBlock, PoolBlock, ActivationBlock],
     Field(discriminator="type"),
 ]
 
@@ -80,6 +109,49 @@ class NetworkConfig(_Block):
 
     def blocks(self) -> list[Block]:
         return [*self.stem, *(b for _ in range(self.depth) for b in self.layer), *self.head]
+
+
+class InterleavedPool(nn.Module):
+    """Average feature ``j`` into group ``j mod out`` (groups of ⌈width/out⌉ or ⌊width/out⌋ features)."""
+
+    def __init__(self, width: int, out: int) -> None:
+        super().__init__()
+        if not 0 < out <= width:
+            raise ConfigError(f"interleaved pool: cannot pool width {width} into {out} groups")
+        m = torch.zeros(width, out)
+        m[torch.arange(width), torch.arange(width) % out] = 1.0
+        self.register_buffer("weight", m / m.sum(0, keepdim=True), persistent=False)
+        self.width, self.out = int(width), int(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}, out={self.out}"
+
+
+class ParallelPhysical(nn.Module):
+    """``len(layers)`` physical layers side by side: split (chunks of the input) or shared input; outputs
+    concatenated. See :class:`ParallelBlock`."""
+
+    def __init__(self, layers: list[PhysicalLayer], shared: bool = False) -> None:
+        super().__init__()
+        self.channels = nn.ModuleList(layers)
+        self.shared = bool(shared)
+        self.in_dim = layers[0].system.spec.input_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = len(self.channels)
+        if self.shared:
+            parts = [ch(x) for ch in self.channels]
+        else:
+            if x.dim() != 2 or x.shape[1] != k * self.in_dim:
+                raise ShapeError(f"parallel layer: expected input (batch, {k * self.in_dim}), got {tuple(x.shape)}")
+            parts = [ch(xk) for ch, xk in zip(self.channels, x.split(self.in_dim, dim=1))]
+        return torch.cat(parts, dim=1)
+
+    def extra_repr(self) -> str:
+        return f"channels={len(self.channels)}, input={'shared' if self.shared else 'split'}"
 
 
 _ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
@@ -111,8 +183,22 @@ def build_network(
             mods.append(PhysicalLayer(system, twin, input_constraint=b.input_constraint,
                                       param_constraint=b.param_constraint, generator=gen))
             width = system.spec.output_dim
+        elif isinstance(b, ParallelBlock):
+            if system is None:
+                raise ConfigError(f"network block {i} is physical (parallel) but no system was given")
+            spec = system.spec
+            need = spec.input_dim if b.input == "shared" else b.channels * spec.input_dim
+            if width != need:
+                raise ConfigError(
+                    f"network block {i} (parallel, {b.channels} channels, input {b.input}): incoming width {width} ≠ "
+                    f"{need}" + ("" if b.input == "shared" else f" = {b.channels} × system input_dim {spec.input_dim}")
+                )
+            chans = [PhysicalLayer(system, twin, input_constraint=b.input_constraint,
+                                   param_constraint=b.param_constraint, generator=gen) for _ in range(b.channels)]
+            mods.append(ParallelPhysical(chans, shared=b.input == "shared"))
+            width = b.channels * spec.output_dim
         elif isinstance(b, RescaleBlock):
-            mods.append(ElementwiseRescale(width, b.scale, b.bias))
+            mods.append(ElementwiseRescale(width, b.scale, b.bias, init=b.init))
         elif isinstance(b, LinearBlock):
             mods.append(nn.Linear(width, b.out, bias=b.bias))
             width = b.out
@@ -124,7 +210,7 @@ def build_network(
         elif isinstance(b, PoolBlock):
             if b.out > width:
                 raise ConfigError(f"network block {i} (pool): cannot pool width {width} into {b.out} groups")
-            mods.append(Pool(b.out))
+            mods.append(Pool(b.out) if b.order == "consecutive" else InterleavedPool(width, b.out))
             width = b.out
         else:
             mods.append(_ACTS[b.name]())

@@ -57,8 +57,13 @@ def plot_sweep(rows: list[dict[str, Any]], x_key: str, xlabel: str, path: Path) 
     for key, style in (("pat", "o-"), ("in_silico", "s-"), ("in_silico_twin", "s--"), ("exact", "^-")):
         if all(key in r for r in rows):
             label = {"in_silico_twin": "in_silico (what its twin believed)"}.get(key, f"{key} (physical)")
-            ax.plot(xs, [r[key] for r in rows], style, label=label)
+            if all(f"{key}_std" in r for r in rows):  # mean ± std over network seeds
+                ax.errorbar(xs, [r[key] for r in rows], yerr=[r[f"{key}_std"] for r in rows], fmt=style, capsize=3,
+                            label=f"{label}, mean ± std over {len(rows[0].get('seeds', []))} seeds")
+            else:
+                ax.plot(xs, [r[key] for r in rows], style, label=label)
     ax.set(xlabel=xlabel, ylabel="test accuracy", ylim=(0, 1.02))
+    ax.set_xticks(xs)  # the sweep's points (layers: integers; scales: as given)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import ConfigError
-from .layers import Mode, physical_layers, project_parameters, set_mode, using_mode
+from .layers import Mode, init_from_data, physical_layers, project_parameters, set_mode, using_mode
 from .system import PhysicalSystem
 from .tasks import ClassificationTask
 
@@ -34,6 +34,9 @@ class TrainConfig:
         seed: training seed (initial θ, digital weights and batch order); the lab has its own seeds.
         monitor_physical: measure test accuracy on the physical system after every epoch (costs eval queries).
         progress: show a progress bar.
+        init_samples: training samples (a seeded random subset) for the data-dependent initialisation of
+            ``ElementwiseRescale(init="data")`` layers at the start of a fresh run (in ``pat`` mode these are
+            device queries, counted with the training queries).
         record_measurements: with an ``out_dir``, append every device call made while training (inputs, θ,
             measured outputs) to ``out_dir/device_log[_k].h5`` — nothing measured is lost.
     """
@@ -48,6 +51,7 @@ class TrainConfig:
     monitor_physical: bool = True
     progress: bool = True
     record_measurements: bool = True
+    init_samples: int = 256
 
 
 @dataclass
@@ -233,6 +237,13 @@ class Trainer:
                        leave=False)
         end = cfg.epochs if stop_after is None else min(cfg.epochs, self.epoch + stop_after)
         try:
+            if self.epoch < end:  # data-dependent init of rescales not yet initialised (a no-op for most networks)
+                q0 = _queries(model)
+                g = torch.Generator().manual_seed(cfg.seed * 100_003 + 99_991)
+                sub = torch.randperm(n, generator=g)[: max(2, min(n, cfg.init_samples))]
+                model.train()
+                if init_from_data(model, task.x_train[sub]):
+                    self.train_queries += _queries(model) - q0
             while self.epoch < end:
                 t0 = time.perf_counter()
                 q0 = _queries(model)

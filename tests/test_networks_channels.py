@@ -1,0 +1,78 @@
+"""Interleaved pooling and parallel physical channels (issue 4's time-domain MNIST networks)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pnnkit import ConfigError, make_lab
+from pnnkit.config import validate_config
+from pnnkit.experiments import _without_physical
+from pnnkit.layers import PhysicalLayer, physical_layers, set_mode
+from pnnkit.networks import NetworkConfig, ParallelPhysical, build_network, count_digital_parameters
+
+
+def test_interleaved_pool_gives_every_group_features_from_the_whole_record():
+    cfg = NetworkConfig(depth=0, stem=[{"type": "pool", "out": 3, "order": "interleaved"}])
+    net = build_network(cfg, 7, 3, None, None)
+    x = torch.arange(14.0).reshape(2, 7)
+    want = torch.stack([x[:, [0, 3, 6]].mean(1), x[:, [1, 4]].mean(1), x[:, [2, 5]].mean(1)], 1)
+    assert torch.allclose(net(x), want)
+    assert count_digital_parameters(net) == 0
+    cons = build_network(NetworkConfig(depth=0, stem=[{"type": "pool", "out": 3}]), 6, 3, None, None)
+    assert torch.allclose(cons(torch.arange(6.0)[None]), torch.tensor([[0.5, 2.5, 4.5]]))  # default: consecutive
+
+
+def test_parallel_split_channels_have_their_own_theta_and_see_their_own_chunk():
+    lab = make_lab("oscillators", n=4, ideal=True)
+    cfg = NetworkConfig(depth=1, layer=[{"type": "parallel", "channels": 3}, {"type": "rescale"}],
+                        head=[{"type": "pool", "out": 2, "order": "interleaved"}])
+    net = build_network(cfg, 12, 2, lab, lab.ideal_twin())
+    par = net[0]
+    assert isinstance(par, ParallelPhysical) and len(list(physical_layers(net))) == 3
+    thetas = [torch.cat([p.flatten() for p in ch.theta.values()]) for ch in par.channels]
+    assert not torch.equal(thetas[0], thetas[1])  # independently initialised θ per channel
+    assert count_digital_parameters(net) == 2 * 12  # the θ of every channel is physical, not digital
+    set_mode(net, "physical")
+    x = torch.rand(5, 12, generator=torch.Generator().manual_seed(0))
+    y = par(x)
+    assert y.shape == (5, 12)
+    for k, ch in enumerate(par.channels):  # channel k = the device on chunk k with channel k's θ
+        assert torch.allclose(y[:, 4 * k : 4 * k + 4], ch(x[:, 4 * k : 4 * k + 4]))
+    q0 = lab.queries
+    par(x)
+    assert lab.queries - q0 == 3 * 5  # one device call per channel
+    # PAT: gradients reach every channel's θ and the input
+    set_mode(net, "pat")
+    xg = x.clone().requires_grad_(True)
+    net(xg).sum().backward()
+    assert xg.grad is not None and all(p.grad is not None for ch in par.channels for p in ch.theta.values())
+
+
+def test_parallel_shared_input_and_width_errors():
+    lab = make_lab("oscillators", n=4, ideal=True)
+    shared = NetworkConfig(depth=1, layer=[{"type": "parallel", "channels": 2, "input": "shared"}],
+                           head=[{"type": "pool", "out": 2}])
+    net = build_network(shared, 4, 2, lab, lab.ideal_twin())
+    set_mode(net, "physical")
+    x = torch.rand(3, 4)
+    y = net[0](x)
+    assert y.shape == (3, 8) and torch.allclose(y[:, 4:], net[0].channels[1](x))
+    bad = NetworkConfig(depth=1, layer=[{"type": "parallel", "channels": 3}], head=[])
+    with pytest.raises(ConfigError, match=r"block 0 \(parallel, 3 channels, input split\): incoming width 8 ≠ 12"):
+        build_network(bad, 8, 12, lab, lab.ideal_twin())
+    with pytest.raises(ConfigError, match="no system"):
+        build_network(bad, 12, 12, None, None)
+    with pytest.raises(ConfigError, match="channels"):
+        validate_config({"network": {"layer": [{"type": "parallel", "channels": 0}]}})
+
+
+def test_without_physical_drops_parallel_blocks_and_keeps_digital_parameters():
+    lab = make_lab("oscillators", n=4, ideal=True)
+    cfg = NetworkConfig(depth=2, stem=[{"type": "rescale"}],
+                        layer=[{"type": "parallel", "channels": 2}, {"type": "rescale"}],
+                        head=[{"type": "pool", "out": 4, "order": "interleaved"}, {"type": "rescale"}])
+    net = build_network(cfg, 8, 4, lab, lab.ideal_twin())
+    base = build_network(_without_physical(cfg), 8, 4, None, None)
+    assert not any(isinstance(m, PhysicalLayer) for m in base.modules())
+    assert count_digital_parameters(base) == count_digital_parameters(net) == 2 * (8 + 8 + 8 + 4)
