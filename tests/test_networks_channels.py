@@ -9,7 +9,8 @@ from pnnkit import ConfigError, make_lab
 from pnnkit.config import validate_config
 from pnnkit.experiments import _without_physical
 from pnnkit.layers import PhysicalLayer, physical_layers, set_mode
-from pnnkit.networks import NetworkConfig, ParallelPhysical, build_network, count_digital_parameters
+from pnnkit.layers import ParallelPhysical
+from pnnkit.networks import NetworkConfig, build_network, count_digital_parameters
 
 
 def test_interleaved_pool_gives_every_group_features_from_the_whole_record():

@@ -2,9 +2,9 @@
 
 Public API (everything else is internal):
   systems   :class:`PhysicalSystem`, :class:`FunctionSystem`, :class:`SystemSpec`, :class:`ParamSpec`
-  layers    :class:`PhysicalLayer`, :class:`ElementwiseRescale`, :class:`Slice`, :func:`set_mode`,
-            :func:`using_mode`, :func:`project_parameters`, :func:`physical_layers`, :func:`pat_forward`,
-            :func:`init_from_data`
+  layers    :class:`PhysicalLayer`, :class:`ParallelPhysical`, :class:`ElementwiseRescale`, :class:`Slice`,
+            :class:`Pool`, :func:`set_mode`, :func:`using_mode`, :func:`project_parameters`,
+            :func:`physical_layers`, :func:`pat_forward`, :func:`init_from_data`
   twins     :class:`DigitalTwin`, :class:`MLPTwin`, :func:`fit_twin`, :func:`evaluate_twin`,
             :class:`MeasurementSet`, :func:`acquire`
   labs      :func:`make_lab`, :func:`lab_names`
@@ -18,6 +18,7 @@ from .labs import lab_names, make_lab
 from .layers import (
     MODES,
     ElementwiseRescale,
+    ParallelPhysical,
     PhysicalLayer,
     Pool,
     init_from_data,
@@ -38,8 +39,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError", "DataError", "DeviceError", "PnnkitError", "RangeError", "ShapeError", "TwinError",
     "lab_names", "make_lab",
-    "MODES", "ElementwiseRescale", "PhysicalLayer", "Pool", "Slice", "init_from_data", "physical_layers",
-    "project_parameters", "set_mode", "using_mode",
+    "MODES", "ElementwiseRescale", "ParallelPhysical", "PhysicalLayer", "Pool", "Slice", "init_from_data",
+    "physical_layers", "project_parameters", "set_mode", "using_mode",
     "MeasurementLog", "MeasurementSet", "acquire", "pat_forward", "twin_vjp",
     "ParamSpec", "SystemSpec", "FunctionSystem", "PhysicalSystem",
     "DigitalTwin", "FitReport", "MLPTwin", "evaluate_twin", "fit_twin", "register_twin",

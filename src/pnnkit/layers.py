@@ -208,17 +208,55 @@ class Slice(nn.Module):
 
 
 class Pool(nn.Module):
-    """Average consecutive features into ``out`` groups (adaptive average pooling along the feature axis)."""
+    """Average features into ``out`` groups (no parameters).
 
-    def __init__(self, out: int) -> None:
+    ``order="consecutive"``: runs of neighbouring features (adaptive average pooling along the feature axis, like
+    coarser detector bins). ``order="interleaved"``: feature ``j`` into group ``j mod out`` (with time bins of a
+    causal device, every group then gets bins from the whole record).
+    """
+
+    def __init__(self, out: int, order: str = "consecutive") -> None:
         super().__init__()
-        self.out = int(out)
+        if order not in ("consecutive", "interleaved"):
+            raise ConfigError(f"pool order must be 'consecutive' or 'interleaved', got {order!r}")
+        self.out, self.order = int(out), order
 
     def forward(self, x: Tensor) -> Tensor:
-        return nn.functional.adaptive_avg_pool1d(x.unsqueeze(1), self.out).squeeze(1)
+        if self.order == "consecutive":
+            return nn.functional.adaptive_avg_pool1d(x.unsqueeze(1), self.out).squeeze(1)
+        if not 0 < self.out <= x.shape[1]:
+            raise ShapeError(f"interleaved pool: cannot pool width {x.shape[1]} into {self.out} groups")
+        width = x.shape[1]
+        m = torch.zeros(width, self.out, device=x.device)
+        m[torch.arange(width), torch.arange(width) % self.out] = 1.0
+        return x @ (m / m.sum(0, keepdim=True)).to(x.dtype)  # averaging matrix: one matmul per batch
 
     def extra_repr(self) -> str:
-        return f"out={self.out}"
+        return f"out={self.out}" + (", order='interleaved'" if self.order == "interleaved" else "")
+
+
+class ParallelPhysical(nn.Module):
+    """``len(layers)`` physical layers side by side: split (chunks of the input) or shared input; outputs
+    concatenated. See :class:`ParallelBlock`."""
+
+    def __init__(self, layers: list[PhysicalLayer], shared: bool = False) -> None:
+        super().__init__()
+        self.channels = nn.ModuleList(layers)
+        self.shared = bool(shared)
+        self.in_dim = layers[0].system.spec.input_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = len(self.channels)
+        if self.shared:
+            parts = [ch(x) for ch in self.channels]
+        else:
+            if x.dim() != 2 or x.shape[1] != k * self.in_dim:
+                raise ShapeError(f"parallel layer: expected input (batch, {k * self.in_dim}), got {tuple(x.shape)}")
+            parts = [ch(xk) for ch, xk in zip(self.channels, x.split(self.in_dim, dim=1))]
+        return torch.cat(parts, dim=1)
+
+    def extra_repr(self) -> str:
+        return f"channels={len(self.channels)}, input={'shared' if self.shared else 'split'}"
 
 
 def physical_layers(model: nn.Module) -> Iterator[PhysicalLayer]:
@@ -259,6 +297,10 @@ def project_parameters(model: nn.Module) -> None:
         layer.project_()
 
 
+class _InitDone(Exception):
+    """Raised by the last data-initialised rescale to stop the initialisation forward pass early."""
+
+
 @torch.no_grad()
 def init_from_data(model: nn.Module, x: Tensor) -> int:
     """Data-dependent initialisation: one forward pass of ``x`` through ``model`` in its current mode, setting every
@@ -271,12 +313,13 @@ def init_from_data(model: nn.Module, x: Tensor) -> int:
                if isinstance(m, ElementwiseRescale) and m.init == "data" and not bool(m.initialised)]
     if not targets:
         return 0
-    left = [len(targets)]
+    left = len(targets)
 
     def hook(mod: nn.Module, args: tuple[Tensor, ...]) -> None:
+        nonlocal left
         mod.set_from_batch(args[0])  # type: ignore[operator]
-        left[0] -= 1
-        if not left[0]:  # all set: the rest of the network (and its device queries) is not needed
+        left -= 1
+        if not left:  # all set: the rest of the network (and its device queries) is not needed
             raise _InitDone
 
     hooks = [m.register_forward_pre_hook(hook) for m in targets]
@@ -288,7 +331,3 @@ def init_from_data(model: nn.Module, x: Tensor) -> int:
         for h in hooks:
             h.remove()
     return len(targets)
-
-
-class _InitDone(Exception):
-    """Raised by the last data-initialised rescale to stop the initialisation forward pass early."""

@@ -8,8 +8,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .errors import ConfigError, ShapeError
-from .layers import ElementwiseRescale, PhysicalLayer, Pool, Slice
+from .errors import ConfigError
+from .layers import ElementwiseRescale, ParallelPhysical, PhysicalLayer, Pool, Slice
 from .pat import Twin
 from .system import PhysicalSystem
 
@@ -111,49 +111,6 @@ class NetworkConfig(_Block):
         return [*self.stem, *(b for _ in range(self.depth) for b in self.layer), *self.head]
 
 
-class InterleavedPool(nn.Module):
-    """Average feature ``j`` into group ``j mod out`` (groups of ⌈width/out⌉ or ⌊width/out⌋ features)."""
-
-    def __init__(self, width: int, out: int) -> None:
-        super().__init__()
-        if not 0 < out <= width:
-            raise ConfigError(f"interleaved pool: cannot pool width {width} into {out} groups")
-        m = torch.zeros(width, out)
-        m[torch.arange(width), torch.arange(width) % out] = 1.0
-        self.register_buffer("weight", m / m.sum(0, keepdim=True), persistent=False)
-        self.width, self.out = int(width), int(out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.weight.to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return f"width={self.width}, out={self.out}"
-
-
-class ParallelPhysical(nn.Module):
-    """``len(layers)`` physical layers side by side: split (chunks of the input) or shared input; outputs
-    concatenated. See :class:`ParallelBlock`."""
-
-    def __init__(self, layers: list[PhysicalLayer], shared: bool = False) -> None:
-        super().__init__()
-        self.channels = nn.ModuleList(layers)
-        self.shared = bool(shared)
-        self.in_dim = layers[0].system.spec.input_dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = len(self.channels)
-        if self.shared:
-            parts = [ch(x) for ch in self.channels]
-        else:
-            if x.dim() != 2 or x.shape[1] != k * self.in_dim:
-                raise ShapeError(f"parallel layer: expected input (batch, {k * self.in_dim}), got {tuple(x.shape)}")
-            parts = [ch(xk) for ch, xk in zip(self.channels, x.split(self.in_dim, dim=1))]
-        return torch.cat(parts, dim=1)
-
-    def extra_repr(self) -> str:
-        return f"channels={len(self.channels)}, input={'shared' if self.shared else 'split'}"
-
-
 _ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
 
 
@@ -210,7 +167,7 @@ def build_network(
         elif isinstance(b, PoolBlock):
             if b.out > width:
                 raise ConfigError(f"network block {i} (pool): cannot pool width {width} into {b.out} groups")
-            mods.append(Pool(b.out) if b.order == "consecutive" else InterleavedPool(width, b.out))
+            mods.append(Pool(b.out, order=b.order))
             width = b.out
         else:
             mods.append(_ACTS[b.name]())
