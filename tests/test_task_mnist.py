@@ -85,6 +85,23 @@ def test_shared_downsample_and_subsets(monkeypatch) -> None:
     assert torch.bincount(small.y_train, minlength=10).min() >= 25  # stratified: ≈ 30 per class
 
 
+@needs_mnist
+def test_validation_holds_out_training_images_and_never_loads_the_test_split(monkeypatch) -> None:
+    monkeypatch.setenv("PNNKIT_DATA_DIR", str(SHARED))
+    t = load_task("mnist")
+    v = load_task("mnist", validation=1000)
+    assert v.x_train.shape == (7000, 784) and v.x_test.shape == (1000, 784)
+    rows = lambda x: {tuple(r) for r in (x * 255).round().to(torch.int64).tolist()}  # noqa: E731
+    train_rows, test_rows = rows(t.x_train), rows(t.x_test)
+    # every validation and remaining training image comes from the 8,000 training images, none from the test split
+    assert rows(v.x_test) <= train_rows and rows(v.x_train) <= train_rows
+    assert not rows(v.x_test) & test_rows and not rows(v.x_test) & rows(v.x_train)
+    assert torch.bincount(v.y_test, minlength=10).min() >= 85  # stratified: ≈ 100 per class
+    assert "validation" in v.meta["split"]
+    with pytest.raises(ConfigError, match="validation must be in"):
+        load_task("mnist", validation=5)
+
+
 # --- synthetic IDX files -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("compress", [True, False])
 def test_synthetic_t10k_only(tmp_path, compress) -> None:

@@ -356,14 +356,18 @@ def simulate_plate(
     :func:`_state_space`; velocities before that step's nonlinear kick; for tests — memory-hungry, no grad).
 
     Differentiable w.r.t. ``drive``, ``physics.omega`` and ``physics.zeta`` (other constants are treated as
-    fixed). The backward pass recomputes the forward (like activation checkpointing) so that both passes run
-    on one intra-op thread: see :func:`_one_thread`.
+    fixed). Both passes run on one intra-op thread (see :func:`_one_thread`). When only ``drive`` needs a
+    gradient (PAT's backward and in-silico training through a frozen twin), the backward pass is the
+    hand-written adjoint of the time-stepping loop (:class:`_DriveAdjoint`); otherwise (fitting a twin's
+    physics) the forward is recomputed with autograd, like activation checkpointing (:class:`_Recompute`).
     """
     kw = {"sample_rate": sample_rate, "substeps": substeps}
     tensors = (drive, physics.omega, physics.zeta)
     if return_states or not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
         with _one_thread():
             return _simulate(drive, physics, return_states=return_states, **kw)
+    if not (physics.omega.requires_grad or physics.zeta.requires_grad):
+        return _DriveAdjoint.apply(drive, physics, sample_rate, substeps)
 
     def fn(d: Tensor, om: Tensor, ze: Tensor) -> Tensor:
         return _simulate(d, replace(physics, omega=om, zeta=ze), **kw)  # type: ignore[return-value]
@@ -392,12 +396,57 @@ class _Recompute(torch.autograd.Function):
         return (None, *(next(grads) if t.requires_grad else None for t in leaves))
 
 
-def _simulate(
-    drive: Tensor, physics: PlatePhysics, *, sample_rate: float, substeps: int, return_states: bool = False
-) -> Tensor | tuple[Tensor, Tensor]:
-    """The integrator behind :func:`simulate_plate` (runs with autograd if its inputs require grad)."""
-    dt = drive.dtype
-    B, L = drive.shape
+class _DriveAdjoint(torch.autograd.Function):
+    """:func:`_simulate` with a hand-written reverse pass for the gradient w.r.t. the drive only.
+
+    Autograd through the loop records ≈ 15 tiny ops per time step and walks them back one by one (≈ 5× the
+    forward's time for the plate twin at batch 128). The adjoint runs the same recurrence backwards with the
+    transposed step matrices and the derivatives of the two kicks, using the mode displacements and speaker
+    excursions kept by the forward pass. Same math as autograd (``tests/test_lab_plate.py`` compares them).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, drive: Tensor, physics: PlatePhysics, sample_rate: float, substeps: int) -> Tensor:  # type: ignore[override]
+        keep: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
+        with torch.no_grad(), _one_thread():
+            y = _simulate(drive, physics, sample_rate=sample_rate, substeps=substeps, keep=keep)
+        ctx.physics, ctx.kw, ctx.keep = physics, (sample_rate, substeps), keep
+        ctx.save_for_backward(drive)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        sample_rate, substeps = ctx.kw
+        with torch.no_grad(), _one_thread():
+            g = _drive_adjoint(grad_y, ctx.saved_tensors[0], ctx.keep, ctx.physics, sample_rate, substeps)
+        return g, None, None, None
+
+
+@dataclass
+class _Step:
+    """Coefficients of one merged time step of :func:`_simulate` (see the comments there)."""
+
+    i_s: Tensor
+    iq: Tensor
+    ip: Tensor
+    aqq: Tensor
+    aqp: Tensor
+    apq: Tensor
+    app: Tensor
+    w_s: Tensor
+    w_q: Tensor
+    w_p: Tensor
+    mqT: Tensor
+    mpT: Tensor
+    a_s: Tensor
+    k_col: Tensor
+    k_row: Tensor
+    bl_gain: Tensor
+    g_b: Tensor
+    c_s: Tensor
+
+
+def _step(physics: PlatePhysics, sample_rate: float, substeps: int, dt: torch.dtype) -> _Step:
     N = physics.n_modes
     h = 1.0 / (sample_rate * substeps)
     A, b, E, c = _state_space(physics)
@@ -418,17 +467,38 @@ def _simulate(
     mqT, mpT = phi[i_s][:, iq].T.to(dt), phi[i_s][:, ip].T.to(dt)  # (N, 6): plate → mic
     ws = torch.as_tensor(physics.speaker_omega, dtype=torch.float64)
     gs = torch.as_tensor(physics.speaker_gain, dtype=torch.float64)
-    a_s = (ws**2 * physics.speaker_hardening).to(dt)
-    k_col = physics.kappa.to(dt).reshape(N, 1)
-    k_row = (-h * physics.stretching * physics.omega1**2 * physics.kappa).to(dt).reshape(1, N)  # kick = h·F
+    return _Step(
+        i_s=i_s, iq=iq, ip=ip, aqq=aqq, aqp=aqp, apq=apq, app=app, w_s=w_s, w_q=w_q, w_p=w_p, mqT=mqT, mpT=mpT,
+        a_s=(ws**2 * physics.speaker_hardening).to(dt),
+        k_col=physics.kappa.to(dt).reshape(N, 1),
+        k_row=(-h * physics.stretching * physics.omega1**2 * physics.kappa).to(dt).reshape(1, N),  # kick = h·F
+        bl_gain=(ws**2 * gs).to(dt), g_b=g_b.to(dt), c_s=c[i_s].to(dt),
+    )
+
+
+def _simulate(
+    drive: Tensor, physics: PlatePhysics, *, sample_rate: float, substeps: int, return_states: bool = False,
+    keep: tuple[list[Tensor], list[Tensor], list[Tensor]] | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """The integrator behind :func:`simulate_plate` (runs with autograd if its inputs require grad).
+
+    ``keep``: three lists that receive, per step, the mode displacements q (B, N), the speaker excursion (B, 1)
+    and Σ_j κ_j q_j² (B, 1) — what :func:`_drive_adjoint` needs.
+    """
+    dt = drive.dtype
+    B, L = drive.shape
+    st = _step(physics, sample_rate, substeps, dt)
+    i_s, iq, ip = st.i_s, st.iq, st.ip
+    aqq, aqp, apq, app, w_s, w_q, w_p, mqT, mpT = st.aqq, st.aqp, st.apq, st.app, st.w_s, st.w_q, st.w_p, st.mqT, st.mpT
+    a_s, k_col, k_row = st.a_s, st.k_col, st.k_row
 
     T = L * substeps
     v_sub = drive.repeat_interleave(substeps, 1)  # (B, T): drive during substep j
     v_next = torch.cat([v_sub[:, 1:], v_sub[:, -1:]], 1)
     # per-step views via unbind (its backward is one stack; indexing would zero-fill a full tensor per step)
     vv = torch.stack([v_sub, v_next], 0).permute(2, 1, 0).unbind(0)  # T × (B, 2)
-    bl = (v_sub * (ws**2 * gs).to(dt)).T.unsqueeze(-1).unbind(0)  # T × (B, 1): Bl-drop drive term
-    z0 = drive[:, :1] * g_b.to(dt)  # half step from rest
+    bl = (v_sub * st.bl_gain).T.unsqueeze(-1).unbind(0)  # T × (B, 1): Bl-drop drive term
+    z0 = drive[:, :1] * st.g_b  # half step from rest
     S, q, p = z0[:, i_s], z0[:, iq], z0[:, ip]
     rec: list[Tensor] = []
     states: list[Tensor] = []
@@ -440,8 +510,13 @@ def _simulate(
         if j == T - 1:
             break
         # kick: both nonlinear forces depend on positions only, so the kick is the exact flow of the forces
-        fp = q * (((q * q) @ k_col) * k_row)  # stretching: −h γ ω_1² κ_k u_k Σ_j κ_j u_j²
         xs = S[:, 0:1]
+        sq = (q * q) @ k_col  # Σ_j κ_j u_j²
+        if keep is not None:
+            keep[0].append(q)
+            keep[1].append(xs)
+            keep[2].append(sq)
+        fp = q * (sq * k_row)  # stretching: −h γ ω_1² κ_k u_k Σ_j κ_j u_j²
         xs2 = xs * xs
         fs = xs2 * torch.addcdiv(a_s * xs, bl[j], 1 + xs2)  # −F_s: suspension hardening + Bl(x) drop
         p = p + fp
@@ -451,12 +526,68 @@ def _simulate(
             torch.addcmul(torch.addcmul(X @ w_q, aqq, q), aqp, p),
             torch.addcmul(torch.addcmul(X @ w_p, apq, q), app, p),
         )
-    y = (torch.stack(rec, 1) @ c[i_s].to(dt))  # (B, T)
+    y = (torch.stack(rec, 1) @ st.c_s)  # (B, T)
     if return_states:
         return y, torch.stack(states, 1)
     return y
 
 
+def _drive_adjoint(
+    grad_y: Tensor, drive: Tensor, keep: tuple[list[Tensor], list[Tensor], list[Tensor]], physics: PlatePhysics,
+    sample_rate: float, substeps: int,
+) -> Tensor:
+    """Reverse pass of :func:`_simulate` w.r.t. the drive: ``grad_y`` (B, T) → gradient (B, L).
+
+    Step j maps (S, q, p) → (S⁺, q⁺, p⁺) with p' = p + fp(q), X = [S, V_j, V_{j+1}, fs(S₀, V_j)] and
+    S⁺ = X w_s + q mqT + p' mpT, q⁺ = X w_q + aqq⊙q + aqp⊙p', p⁺ = X w_p + apq⊙q + app⊙p'; y_j = S_j · c_s.
+    The adjoints (gS, gq, gp) of the state are carried from the last step back to the first.
+    """
+    B, L = drive.shape
+    dt = drive.dtype
+    st = _step(physics, sample_rate, substeps, dt)
+    T = L * substeps
+    w_sT, w_qT, w_pT = st.w_s.T.contiguous(), st.w_q.T.contiguous(), st.w_p.T.contiguous()  # (6|N, 9)
+    mq, mp = st.mqT.T.contiguous(), st.mpT.T.contiguous()  # (6, N)
+    k, kr = st.k_col.reshape(1, -1), st.k_row  # (1, N)
+    gyc = (grad_y.to(dt).T.unsqueeze(-1) * st.c_s).unbind(0)  # T × (B, 6): the record's adjoint on S_j
+    if T == 1:  # no step is taken: y_0 = V_0 γ½ · c_s
+        return (gyc[0] @ st.g_b[st.i_s]).reshape(B, 1)
+    qs, sqs = keep[0], keep[2]  # per step: q (B, N) and s = Σ_m κ_m q_m² (B, 1), kept by the forward
+    xs = torch.stack(keep[1])  # (T−1, B, 1): speaker excursion before each kick
+    bl = (drive.repeat_interleave(substeps, 1)[:, : T - 1] * st.bl_gain).T.unsqueeze(-1)  # (T−1, B, 1)
+    # fs = xs² (a_s xs + bl/(1 + xs²)):  ∂fs/∂xs = 3 a_s xs² + 2 bl xs/(1 + xs²)²,  ∂fs/∂bl = xs²/(1 + xs²)
+    xs2 = xs * xs
+    den = 1 + xs2
+    dfs_dxs = (3 * st.a_s * xs2 + 2 * bl * xs / (den * den)).unbind(0)
+    dfs_dbl = xs2 / den
+    del xs, bl, xs2, den
+    k2 = 2 * k
+    gXs: list[Tensor] = [drive.new_zeros(B, 9)] * (T - 1)
+    gS = gyc[T - 1]
+    gq = drive.new_zeros(B, physics.n_modes)
+    gp = gq
+    for j in range(T - 2, -1, -1):
+        gX = torch.addmm(torch.addmm(gS @ w_sT, gq, w_qT), gp, w_pT)  # (B, 9): adjoint of X = [S, V_j, V_j+1, fs]
+        gpp = torch.addcmul(torch.addcmul(gS @ mp, st.aqp, gq), st.app, gp)  # adjoint of p' = p + fp
+        gq = torch.addcmul(torch.addcmul(gS @ mq, st.aqq, gq), st.apq, gp)
+        # fp_k = q_k s kr_k:  ∂fp_k/∂q_m = δ_km s kr_k + 2 q_k kr_k κ_m q_m
+        q = qs[j]
+        gk = gpp * kr
+        r = (q * gk).sum(1, keepdim=True)
+        gq = torch.addcmul(torch.addcmul(gq, gk, sqs[j]), r * k2, q)
+        gp = gpp
+        gS = gX[:, :6] + gyc[j]
+        gS[:, :1].addcmul_(gX[:, 8:9], dfs_dxs[j])
+        gXs[j] = gX
+    # the first state z0 = V_0 · γ½ (half step from rest)
+    g0 = gS @ st.g_b[st.i_s] + gq @ st.g_b[st.iq] + gp @ st.g_b[st.ip]  # (B,)
+    gX = torch.stack(gXs, 1)  # (B, T−1, 9)
+    g_sub = drive.new_zeros(B, T)  # adjoint of the drive during substep j
+    g_sub[:, : T - 1] = gX[:, :, 6] + gX[:, :, 8] * dfs_dbl.squeeze(-1).T * st.bl_gain
+    g_sub[:, 1:] += gX[:, :, 7]  # V_{j+1} of step j is the drive of substep j + 1
+    g = g_sub.reshape(B, L, substeps).sum(2)
+    g[:, 0] += g0
+    return g
 def simulate_reference(
     drive: Tensor, physics: PlatePhysics, *, sample_rate: float, substeps: int, rk4_steps: int = 8
 ) -> Tensor:
@@ -850,14 +981,14 @@ class PlatePhysicsTwin(DigitalTwin):
         v = mdl.dac_signal(x, params) * (mdl.drive_scale * self.log_drive_gain.exp().to(x.dtype))
         kw = {"sample_rate": mdl.sample_rate, "substeps": mdl.substeps}
         tensors = (v, ph.omega, ph.zeta, ph.pickup)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors[1:]):
             # like simulate_plate's recompute path, but also differentiable w.r.t. the pick-up couplings
             def fn(d: Tensor, om: Tensor, ze: Tensor, pk: Tensor) -> Tensor:
                 return _simulate(d, replace(ph, omega=om, zeta=ze, pickup=pk), **kw)  # type: ignore[return-value]
 
             y = _Recompute.apply(fn, *tensors)
         else:
-            y = simulate_plate(v, ph, **kw)
+            y = simulate_plate(v, ph, **kw)  # a gradient w.r.t. the drive only: the hand-written adjoint
         y = y / mdl.drive_scale
         return mdl.features(mdl.window(y)) * (2 * self.log_output_gain).exp().to(x.dtype)
 

@@ -8,6 +8,9 @@
   stratified split into 8,000 train / 2,000 test.
 * ``downsample=d`` averages pixel areas down to d×d (``adaptive_avg_pool2d``; exact block means when d divides
   28, e.g. 14 → 196 features); 28 keeps the full 784. ``n_train`` / ``n_test`` take seeded stratified subsets.
+* ``validation=n`` holds out a seeded stratified ``n`` of the *training* images and returns them as the task's
+  evaluation set (the test images are not loaded): for choosing a design or hyperparameters without looking at
+  the test set. ``n_train`` then subsets the remaining training images.
 
 Features are pixel / 255 in [0, 1] (float32, row-major d×d), labels int64 0–9.
 """
@@ -123,9 +126,11 @@ def load_mnist(
     n_test: int | None = None,
     seed: int = 0,
     test_size: int | None = None,
+    validation: int | None = None,
 ) -> ClassificationTask:
     """MNIST as a :class:`ClassificationTask` (see the module docstring). ``test_size``: held-out images when only
-    the 10k test pair is present (default 20 %: 2,000 → 8,000/2,000)."""
+    the 10k test pair is present (default 20 %: 2,000 → 8,000/2,000). ``validation``: evaluate on that many
+    held-out training images instead of the test set."""
     if not 1 <= int(downsample) <= SIDE:
         raise ConfigError(f"mnist: downsample must be in 1…{SIDE}, got {downsample}")
     downsample = int(downsample)
@@ -153,6 +158,15 @@ def load_mnist(
         tr, te = stratified_split(labels, test_size, seed)
         xtr, ytr, xte, yte = images[tr], labels[tr], images[te], labels[te]
         split = f"stratified {len(tr)}/{len(te)} of the t10k set (seed {seed})"
+    if validation is not None:
+        n_cls = int((np.bincount(ytr) > 0).sum())
+        if not n_cls <= validation <= len(ytr) - n_cls:
+            raise ConfigError(
+                f"mnist: validation must be in {n_cls}…{len(ytr) - n_cls} for {len(ytr)} training images, got {validation}"
+            )
+        tr, va = stratified_split(ytr, validation, seed)
+        xtr, ytr, xte, yte = xtr[tr], ytr[tr], xtr[va], ytr[va]
+        split += f"; evaluation on {len(va)} held-out training images (validation, seed {seed}), test set unused"
     itr, ite = _subset(ytr, n_train, seed, "n_train"), _subset(yte, n_test, seed, "n_test")
     xtr, ytr, xte, yte = xtr[itr], ytr[itr], xte[ite], yte[ite]
     return ClassificationTask(
