@@ -95,6 +95,7 @@ def test_quick_variant_runs_end_to_end(name, tmp_path):
     b = r["digital_baseline"]
     assert b["kind"] == "without_physical" and 0.0 <= b["test_accuracy"] <= 1.0
     assert r["experiment"]["n_train"] == 100 and r["experiment"]["n_test"] == 50
+    assert r["experiment"]["split"].startswith("stratified 8000/2000") and "validation" not in r["experiment"]["split"]
     for f in ("learning_curves.png", "confusion_pat.png", "confusion_in_silico.png"):
         assert (tmp_path / f).exists(), f
     assert res["methods"].keys() == r["methods"].keys()

@@ -132,6 +132,7 @@ def run_experiment(
         "lab": cfg.lab.model_dump(),
         "n_train": len(task.x_train),
         "n_test": len(task.x_test),
+        "split": task.meta.get("split"),  # how train/test were drawn (e.g. a validation hold-out), if the task says
         "digital_parameters": count_digital_parameters(
             build_network(cfg.network, task.n_features, task.n_classes, system, None, seed=cfg.seed)
         ),

@@ -9,7 +9,7 @@
 * ``downsample=d`` averages pixel areas down to d×d (``adaptive_avg_pool2d``; exact block means when d divides
   28, e.g. 14 → 196 features); 28 keeps the full 784. ``n_train`` / ``n_test`` take seeded stratified subsets.
 * ``validation=n`` holds out a seeded stratified ``n`` of the *training* images and returns them as the task's
-  evaluation set (the test images are not loaded): for choosing a design or hyperparameters without looking at
+  evaluation set (the test images are not in the returned task): for choosing a design or hyperparameters without looking at
   the test set. ``n_train`` then subsets the remaining training images.
 
 Features are pixel / 255 in [0, 1] (float32, row-major d×d), labels int64 0–9.
