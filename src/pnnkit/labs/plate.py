@@ -562,7 +562,7 @@ def _drive_adjoint(
     dfs_dbl = xs2 / den
     del xs, bl, xs2, den
     k2 = 2 * k
-    gXs: list[Tensor] = [drive.new_zeros(B, 9)] * (T - 1)
+    gXs: list[Tensor] = []  # adjoint of X per step, last step first
     gS = gyc[T - 1]
     gq = drive.new_zeros(B, physics.n_modes)
     gp = gq
@@ -578,10 +578,10 @@ def _drive_adjoint(
         gp = gpp
         gS = gX[:, :6] + gyc[j]
         gS[:, :1].addcmul_(gX[:, 8:9], dfs_dxs[j])
-        gXs[j] = gX
+        gXs.append(gX)
     # the first state z0 = V_0 · γ½ (half step from rest)
     g0 = gS @ st.g_b[st.i_s] + gq @ st.g_b[st.iq] + gp @ st.g_b[st.ip]  # (B,)
-    gX = torch.stack(gXs, 1)  # (B, T−1, 9)
+    gX = torch.stack(gXs[::-1], 1)  # (B, T−1, 9), step order
     g_sub = drive.new_zeros(B, T)  # adjoint of the drive during substep j
     g_sub[:, : T - 1] = gX[:, :, 6] + gX[:, :, 8] * dfs_dbl.squeeze(-1).T * st.bl_gain
     g_sub[:, 1:] += gX[:, :, 7]  # V_{j+1} of step j is the drive of substep j + 1
