@@ -3,9 +3,10 @@
 Trains one-hidden-layer ReLU MLPs (pnnkit's ``digital_baseline`` of kind ``mlp``: Adam, cosine schedule, batch 32)
 on the 8,000 training images at 14×14, and reports accuracy on 1,000 held-out training images (validation:
 train on the other 7,000) and on the 2,000-image test split (train on all 8,000). No device is involved.
+``--augment SHIFT ROTATE SCALE`` trains with pnnkit's ``training.augment`` (random affine distortions).
 
 Usage: PNNKIT_DATA_DIR=../shared/data .venv/bin/python benchmarks/mnist_digital_reference.py \
-           [--hidden 48 96 256] [--epochs 40] [--downsample 14]
+           [--hidden 48 96 256] [--epochs 40] [--downsample 14] [--augment 1 10 0.1]
 """
 
 from __future__ import annotations
@@ -25,14 +26,18 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--downsample", type=int, default=14)
+    ap.add_argument("--augment", type=float, nargs=3, metavar=("SHIFT", "ROTATE", "SCALE"), default=None,
+                    help="training.augment: shift (pixels), rotate (degrees), scale (relative)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    cfg = validate_config({"name": "mnist-digital-reference", "seed": 0,
-                           "training": {"epochs": args.epochs, "batch_size": 32, "lr": args.lr}})
+    training = {"epochs": args.epochs, "batch_size": 32, "lr": args.lr}
+    if args.augment:
+        training["augment"] = dict(zip(("shift", "rotate", "scale"), args.augment))
+    cfg = validate_config({"name": "mnist-digital-reference", "seed": 0, "training": training})
     val = load_task("mnist", downsample=args.downsample, validation=1000)
     test = load_task("mnist", downsample=args.downsample)
     print(f"MNIST {args.downsample}×{args.downsample}, {test.meta['split']}; {args.epochs} epochs, batch 32, "
-          f"lr {args.lr}")
+          f"lr {args.lr}; augment {training.get('augment', 'none')}")
     print(f"{'hidden':>7} {'params':>7} {'validation (7k/1k)':>19} {'test (8k/2k)':>13}")
     for h in args.hidden:
         b = DigitalBaselineConfig(kind="mlp", hidden=[h])

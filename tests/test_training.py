@@ -26,9 +26,10 @@ def _setup(init: str = "fixed"):
     return task, model
 
 
-@pytest.mark.parametrize("init", ["fixed", "data"])
-def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, init):
-    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.02, seed=0, monitor_physical=True, progress=False)
+@pytest.mark.parametrize("init,augment", [("fixed", None), ("data", None), ("fixed", {"shift": 1.0, "rotate": 10.0})])
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, init, augment):
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.02, seed=0, monitor_physical=True, progress=False,
+                      augment=augment)
     task, model = _setup(init)
     full = Trainer(model, task, "pat", cfg, tmp_path / "full")
     full.train()

@@ -64,6 +64,16 @@ class TwinConfig(_Strict):
     path: str | None = None
 
 
+class AugmentConfig(_Strict):
+    """Random affine distortion of each training batch (image tasks only; see :class:`pnnkit.augment.RandomAffine`).
+    Each sample gets its own uniform shift in [−shift, shift] pixels per axis, rotation in [−rotate, rotate]
+    degrees and zoom factor in [1 − scale, 1 + scale]; test data is never distorted."""
+
+    shift: float = Field(0.0, ge=0, description="pixels of the task's image")
+    rotate: float = Field(0.0, ge=0, description="degrees")
+    scale: float = Field(0.0, ge=0, lt=1, description="relative zoom")
+
+
 class TrainingConfig(_Strict):
     """Optimisation (see :class:`pnnkit.training.TrainConfig`)."""
 
@@ -76,6 +86,7 @@ class TrainingConfig(_Strict):
     monitor_physical: bool = True
     record_measurements: bool = Field(True, description="log every device call during training to HDF5")
     init_samples: int = Field(256, ge=2, description="training samples for rescale layers with init: data")
+    augment: AugmentConfig | None = Field(None, description="training-batch augmentation (image tasks)")
 
 
 class DigitalBaselineConfig(_Strict):

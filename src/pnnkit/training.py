@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .augment import RandomAffine
 from .errors import ConfigError
 from .layers import Mode, init_from_data, physical_layers, project_parameters, set_mode, using_mode
 from .system import PhysicalSystem
@@ -39,6 +40,9 @@ class TrainConfig:
             device queries, counted with the training queries).
         record_measurements: with an ``out_dir``, append every device call made while training (inputs, θ,
             measured outputs) to ``out_dir/device_log[_k].h5`` — nothing measured is lost.
+        augment: random affine distortion of each training batch, ``{"shift": px, "rotate": deg, "scale":
+            fraction}`` (see :class:`pnnkit.augment.RandomAffine`); needs an image task (``task.meta["image_shape"]``).
+            Test data and the data-dependent initialisation are never distorted.
     """
 
     epochs: int = 20
@@ -52,6 +56,7 @@ class TrainConfig:
     progress: bool = True
     record_measurements: bool = True
     init_samples: int = 256
+    augment: dict[str, float] | None = None
 
 
 @dataclass
@@ -122,6 +127,19 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups)
 
 
+def _augmentation(spec: dict[str, float] | None, task: ClassificationTask) -> RandomAffine | None:
+    if not spec:
+        return None
+    unknown = set(spec) - {"shift", "rotate", "scale"}
+    if unknown:
+        raise ConfigError(f"augment: unknown setting(s) {sorted(unknown)}; use shift, rotate, scale")
+    shape = task.meta.get("image_shape")
+    if shape is None:
+        raise ConfigError(f"augment needs an image task; task {task.name!r} has no meta['image_shape']")
+    aug = RandomAffine((int(shape[0]), int(shape[1])), **{k: float(v) for k, v in spec.items()})
+    return aug if aug.active else None
+
+
 class Trainer:
     """Train ``model`` on ``task`` in ``mode``; test accuracy is always measured on the physical system.
 
@@ -153,6 +171,7 @@ class Trainer:
         )
         if self.cfg.lr_schedule not in ("cosine", "constant"):
             raise ConfigError(f"lr_schedule must be 'cosine' or 'constant', got {self.cfg.lr_schedule!r}")
+        self.augment = _augmentation(self.cfg.augment, task)
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.train_queries = 0
@@ -249,10 +268,13 @@ class Trainer:
                 q0 = _queries(model)
                 model.train()
                 order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch))
+                g_aug = torch.Generator().manual_seed(cfg.seed * 100_003 + 50_021 + self.epoch)
                 tot_loss, tot_correct = 0.0, 0
                 for i in range(0, n, cfg.batch_size):
                     idx = order[i : i + cfg.batch_size]
                     xb, yb = task.x_train[idx], task.y_train[idx]
+                    if self.augment is not None:
+                        xb = self.augment(xb, g_aug)
                     logits = model(xb)
                     loss = F.cross_entropy(logits, yb)
                     if not torch.isfinite(loss):

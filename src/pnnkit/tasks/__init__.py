@@ -98,7 +98,8 @@ def _digits(test_size: int = 360, seed: int = 0) -> ClassificationTask:
     xtr, xte = x[tr] / 16.0, x[te] / 16.0
     return ClassificationTask(
         "digits", torch.as_tensor(xtr), torch.as_tensor(y[tr]), torch.as_tensor(xte), torch.as_tensor(y[te]),
-        [str(i) for i in range(10)], None, {"source": "sklearn.datasets.load_digits", "seed": seed},
+        [str(i) for i in range(10)], None, {"source": "sklearn.datasets.load_digits", "seed": seed,
+                                           "image_shape": [8, 8], "scaling": "pixel/16"},
     )
 
 
