@@ -28,6 +28,7 @@ def test_full_and_quick_configs_validate_and_match(name):
     full, quick = load_config(EXAMPLES / f"{name}.yaml"), load_config(EXAMPLES / f"{name}_quick.yaml")
     # the quick variant is the same experiment, smaller: same lab design, network and methods
     assert quick.lab == full.lab and quick.network == full.network and quick.methods == full.methods
+    assert quick.training.augment == full.training.augment
     assert full.methods == ["pat", "in_silico"]
     assert full.digital_baseline is not None and full.digital_baseline.kind == "without_physical"
     assert full.lab.imperfection_scale == 1.0 and full.lab.unit == 0  # default unit, default imperfections
