@@ -1,8 +1,9 @@
 """Time of the plate twin's vector–Jacobian product (what PAT's backward and in-silico training cost per layer).
 
 Compares the hand-written drive adjoint (a frozen twin: PAT, in silico) with autograd through the time-stepping
-loop (what the twin used before, and still uses while its physics is being fitted), at the MNIST config's size
-(196 inputs, 64 θ, 196 bins, 40 modes, batch 128). Also checks that both give the same gradients.
+loop (what the twin used before, and still uses while its physics is being fitted), at the size of the MNIST
+config of rounds 3–4 (196 inputs, 64 θ, 196 bins, 40 modes, batch 128; round 5's config drives 49 inputs per
+plate use). Also checks that both give the same gradients.
 
 Usage: .venv/bin/python benchmarks/plate_twin_vjp.py [--batch 128] [--repeats 5]
 """
