@@ -96,3 +96,16 @@ def test_augmenting_a_task_without_images_is_a_config_error():
         Trainer(model, task, "physical", TrainConfig(epochs=1, progress=False, augment={"shift": 1.0}))
     with pytest.raises(ConfigError, match="unknown setting"):
         Trainer(model, load_task("digits"), "physical", TrainConfig(epochs=1, progress=False, augment={"shear": 1.0}))
+
+
+def test_experiment_refuses_augmenting_a_non_image_task_before_using_the_lab(tmp_path, monkeypatch):
+    from pnnkit import experiments
+    from pnnkit.config import validate_config
+
+    d = load_task("digits")
+    monkeypatch.setattr(experiments, "load_task", lambda name, **kw: ClassificationTask(
+        "features", d.x_train, d.y_train, d.x_test, d.y_test, d.classes))
+    monkeypatch.setattr(experiments, "build_lab", lambda cfg: pytest.fail("the lab was built"))
+    cfg = validate_config({"name": "x", "training": {"augment": {"shift": 1.0}}})
+    with pytest.raises(ConfigError, match="augment needs an image task"):
+        experiments.run_experiment(cfg, tmp_path)

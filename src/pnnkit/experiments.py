@@ -19,7 +19,7 @@ from .measurements import MeasurementSet, acquire
 from .networks import LinearBlock, NetworkConfig, ParallelBlock, PhysicalBlock, build_network, count_digital_parameters
 from .system import PhysicalSystem
 from .tasks import ClassificationTask, load_task
-from .training import TrainConfig, Trainer, TrainResult
+from .training import TrainConfig, Trainer, TrainResult, augmentation
 from .twins import DigitalTwin, MLPTwin, fit_twin
 
 
@@ -79,9 +79,14 @@ def train_method(
                      weight_decay=t.weight_decay, lr_schedule=t.lr_schedule, seed=cfg.seed,
                      monitor_physical=t.monitor_physical if monitor is None else monitor, progress=progress,
                      record_measurements=t.record_measurements, init_samples=t.init_samples,
-                     augment=t.augment.model_dump() if t.augment else None)
+                     augment=_augment_spec(cfg))
     trainer = Trainer(model, task, method, tc, out_dir)  # type: ignore[arg-type]
     return model, trainer.fit(resume=resume)
+
+
+def _augment_spec(cfg: ExperimentConfig) -> dict[str, float] | None:
+    a = cfg.training.augment
+    return a.model_dump() if a else None
 
 
 def versions() -> dict[str, str]:
@@ -96,8 +101,7 @@ def run_experiment(
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(cfg.model_dump_json(indent=2))
     task = load_task(cfg.task.name, **cfg.task.options)
-    if cfg.training.augment and "image_shape" not in task.meta:  # fail before any device time is spent
-        raise ConfigError(f"training.augment needs an image task; task {cfg.task.name!r} has no image shape")
+    augmentation(_augment_spec(cfg), task)  # a bad training.augment fails here, before any device time is spent
     system = build_lab(cfg.lab)
     needs_twin = any(m in ("pat", "in_silico") for m in cfg.methods)
     twin_cfg = cfg.twin
@@ -255,7 +259,7 @@ def digital_baseline(cfg: ExperimentConfig, task: ClassificationTask, b: Digital
     t = cfg.training
     tc = TrainConfig(epochs=b.epochs or t.epochs, batch_size=t.batch_size, lr=b.lr or t.lr,
                      weight_decay=t.weight_decay, lr_schedule=t.lr_schedule, seed=cfg.seed, monitor_physical=False,
-                     progress=False, augment=t.augment.model_dump() if t.augment else None)
+                     progress=False, augment=_augment_spec(cfg))
     res = Trainer(model, task, "physical", tc).fit()
     return {"kind": b.kind, "parameters": count_digital_parameters(model), "test_accuracy": res.test_accuracy,
             "train_seconds": res.train_seconds}

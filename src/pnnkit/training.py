@@ -13,8 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .checkpoint import load_checkpoint, save_checkpoint
 from .augment import RandomAffine
+from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import ConfigError
 from .layers import Mode, init_from_data, physical_layers, project_parameters, set_mode, using_mode
 from .system import PhysicalSystem
@@ -127,7 +127,9 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups)
 
 
-def _augmentation(spec: dict[str, float] | None, task: ClassificationTask) -> RandomAffine | None:
+def augmentation(spec: dict[str, float] | None, task: ClassificationTask) -> RandomAffine | None:
+    """The :class:`RandomAffine` that ``TrainConfig.augment`` asks for on ``task`` (None when off); a one-line
+    :class:`ConfigError` for unknown settings or a task without ``meta["image_shape"]``."""
     if not spec:
         return None
     unknown = set(spec) - {"shift", "rotate", "scale"}
@@ -171,7 +173,7 @@ class Trainer:
         )
         if self.cfg.lr_schedule not in ("cosine", "constant"):
             raise ConfigError(f"lr_schedule must be 'cosine' or 'constant', got {self.cfg.lr_schedule!r}")
-        self.augment = _augmentation(self.cfg.augment, task)
+        self.augment = augmentation(self.cfg.augment, task)
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.train_queries = 0
