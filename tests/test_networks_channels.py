@@ -77,3 +77,62 @@ def test_without_physical_drops_parallel_blocks_and_keeps_digital_parameters():
     base = build_network(_without_physical(cfg), 8, 4, None, None)
     assert not any(isinstance(m, PhysicalLayer) for m in base.modules())
     assert count_digital_parameters(base) == count_digital_parameters(net) == 2 * (8 + 8 + 8 + 4)
+
+
+def test_pixel_views_play_the_image_row_by_row_and_column_by_column():
+    cfg = NetworkConfig(depth=0, stem=[{"type": "views", "views": ["rows", "columns"]},
+                                       {"type": "pool", "out": 2, "order": "consecutive"}])
+    net = build_network(cfg, 9, 2, None, None)
+    views = net[0]
+    img = torch.arange(9.0).reshape(3, 3)  # rows 0 1 2 / 3 4 5 / 6 7 8
+    out = views(img.flatten()[None])
+    assert out.tolist() == [[0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 3, 6, 1, 4, 7, 2, 5, 8]]
+    assert count_digital_parameters(net) == 0
+    with pytest.raises(ConfigError, match="not a square image"):
+        build_network(cfg, 8, 2, None, None)
+    with pytest.raises(Exception, match="views"):
+        NetworkConfig(depth=0, stem=[{"type": "views", "views": ["diagonal"]}])
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_batched_channels_equal_separate_calls_in_one_device_call(shared: bool):
+    """``batched: true`` gives the same outputs and gradients as one call per channel (noiseless lab), with one
+    device call of channels × batch samples."""
+    lab = make_lab("oscillators", n=4, ideal=True)
+    calls = []
+    inner = lab.measure
+    lab.measure = lambda x, p: (calls.append(x.shape[0]), inner(x, p))[1]  # type: ignore[method-assign]
+    layer = {"type": "parallel", "channels": 3, "input": "shared" if shared else "split"}
+    width = 4 if shared else 12
+    nets = []
+    for batched in (False, True):
+        cfg = NetworkConfig(depth=1, layer=[{**layer, "batched": batched}, {"type": "rescale"}],
+                            head=[{"type": "pool", "out": 2, "order": "interleaved"}])
+        nets.append(build_network(cfg, width, 2, lab, lab.ideal_twin().requires_grad_(False), seed=1))
+    x = torch.rand(5, width, generator=torch.Generator().manual_seed(0))
+    outs, grads = [], []
+    for net in nets:
+        set_mode(net, "pat")
+        calls.clear()
+        xg = x.clone().requires_grad_(True)
+        y = net(xg)
+        outs.append(y.detach())
+        n_calls = list(calls)
+        y.square().sum().backward()
+        grads.append([xg.grad] + [p.grad for ch in net[0].channels for p in ch.theta.values()])
+        assert n_calls == ([5, 5, 5] if net is nets[0] else [15])
+    assert torch.allclose(outs[0], outs[1], atol=1e-6)
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_batched_channels_need_a_lab_with_per_sample_theta():
+    from pnnkit.system import FunctionSystem
+    from pnnkit.spec import ParamSpec, SystemSpec
+
+    spec = SystemSpec("f", 2, 2, -1.0, 1.0, params=(ParamSpec("theta", (2,), -1.0, 1.0),))
+    system = FunctionSystem(lambda x, p: x * p["theta"], spec)
+    cfg = NetworkConfig(depth=1, layer=[{"type": "parallel", "channels": 2, "batched": True}],
+                        head=[{"type": "pool", "out": 2}])
+    with pytest.raises(ConfigError, match="per-sample θ"):
+        build_network(cfg, 4, 2, system, None)

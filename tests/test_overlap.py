@@ -83,9 +83,10 @@ def test_overlap_training_reaches_bit_identical_parameters():
     for overlap in (False, True):
         torch.manual_seed(0)
         lab = make_lab("oscillators", n=4, seed=5)
-        model = nn.Sequential(PhysicalLayer(lab, lab.ideal_twin(), overlap=overlap), nn.Linear(4, 2))
-        cfg = TrainConfig(epochs=2, batch_size=16, monitor_physical=False, progress=False)
+        model = nn.Sequential(PhysicalLayer(lab, lab.ideal_twin()), nn.Linear(4, 2))
+        cfg = TrainConfig(epochs=2, batch_size=16, monitor_physical=False, progress=False, overlap=overlap)
         Trainer(model, task, "pat", cfg).train()
+        assert model[0].overlap is overlap  # the Trainer applies TrainConfig.overlap (training.overlap in YAML)
         finals.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*finals):
         assert torch.equal(a, b)

@@ -87,6 +87,7 @@ class TrainingConfig(_Strict):
     record_measurements: bool = Field(True, description="log every device call during training to HDF5")
     init_samples: int = Field(256, ge=2, description="training samples for rescale layers with init: data")
     augment: AugmentConfig | None = Field(None, description="training-batch augmentation (image tasks)")
+    overlap: bool = Field(False, description="pat: twin forward pass in a thread while the device measures")
 
 
 class DigitalBaselineConfig(_Strict):

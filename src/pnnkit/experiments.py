@@ -79,7 +79,7 @@ def train_method(
                      weight_decay=t.weight_decay, lr_schedule=t.lr_schedule, seed=cfg.seed,
                      monitor_physical=t.monitor_physical if monitor is None else monitor, progress=progress,
                      record_measurements=t.record_measurements, init_samples=t.init_samples,
-                     augment=_augment_spec(cfg))
+                     augment=_augment_spec(cfg), overlap=t.overlap)
     trainer = Trainer(model, task, method, tc, out_dir)  # type: ignore[arg-type]
     return model, trainer.fit(resume=resume)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Literal, get_args
 
 import torch
@@ -128,8 +128,12 @@ class PhysicalLayer(nn.Module):
         spec = self.system.spec
         if x.dim() != 2 or x.shape[1] != spec.input_dim:
             raise ShapeError(f"{spec.name} layer: expected input (batch, {spec.input_dim}), got {tuple(x.shape)}")
-        x = self.constrain_input(x)
-        theta = self.params()
+        return self.run(self.constrain_input(x), self.params())
+
+    def run(self, x: Tensor, theta: dict[str, Tensor]) -> Tensor:
+        """The layer's mode applied to an already constrained ``x`` and θ in physical units (θ may be per-sample,
+        ``(batch, *shape)``, where the system accepts that: see :class:`ParallelPhysical`)."""
+        spec = self.system.spec
         if self.mode in ("pat", "in_silico") and self.twin is None:
             raise ConfigError(f"{spec.name} layer: mode {self.mode!r} needs a digital twin; none was given")
         if self.mode == "pat":
@@ -207,6 +211,29 @@ class Slice(nn.Module):
         return f"[{self.start}:{self.stop}]"
 
 
+class PixelViews(nn.Module):
+    """A ``side × side`` image (flattened row by row) in several pixel orders, concatenated: ``"rows"`` keeps the
+    raster order, ``"columns"`` plays the transposed image (column by column). No parameters."""
+
+    def __init__(self, side: int, views: Sequence[str]) -> None:
+        super().__init__()
+        grid = torch.arange(side * side).reshape(side, side)
+        orders = {"rows": grid.flatten(), "columns": grid.T.flatten()}
+        unknown = [v for v in views if v not in orders]
+        if unknown or not views:
+            raise ConfigError(f"pixel views must be a non-empty list of 'rows'/'columns', got {list(views)!r}")
+        self.side, self.views = int(side), list(views)
+        self.register_buffer("index", torch.cat([orders[v] for v in views]), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 2 or x.shape[1] != self.side**2:
+            raise ShapeError(f"pixel views: expected input (batch, {self.side ** 2}), got {tuple(x.shape)}")
+        return x[:, self.index]
+
+    def extra_repr(self) -> str:
+        return f"side={self.side}, views={self.views}"
+
+
 class Pool(nn.Module):
     """Average features into ``out`` groups (no parameters).
 
@@ -239,24 +266,48 @@ class ParallelPhysical(nn.Module):
     """``len(layers)`` physical layers side by side: split (chunks of the input) or shared input; outputs
     concatenated. See :class:`ParallelBlock`."""
 
-    def __init__(self, layers: list[PhysicalLayer], shared: bool = False) -> None:
+    def __init__(self, layers: list[PhysicalLayer], shared: bool = False, batched: bool = False) -> None:
         super().__init__()
         self.channels = nn.ModuleList(layers)
         self.shared = bool(shared)
+        self.batched = bool(batched)
         self.in_dim = layers[0].system.spec.input_dim
+        if self.batched:
+            first = layers[0]
+            if not getattr(first.system, "batched_params", False):
+                raise ConfigError(f"parallel layer: batched channels need a system that accepts per-sample θ; "
+                                  f"{first.system.spec.name} does not")
+            same = all(ch.system is first.system and ch.twin is first.twin
+                       and (ch.input_constraint, ch.param_constraint) == (first.input_constraint, first.param_constraint)
+                       for ch in layers)
+            if not same:
+                raise ConfigError("parallel layer: batched channels must share one system, twin and constraints")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = len(self.channels)
         if self.shared:
-            parts = [ch(x) for ch in self.channels]
+            chunks = [x] * k
         else:
             if x.dim() != 2 or x.shape[1] != k * self.in_dim:
                 raise ShapeError(f"parallel layer: expected input (batch, {k * self.in_dim}), got {tuple(x.shape)}")
-            parts = [ch(xk) for ch, xk in zip(self.channels, x.split(self.in_dim, dim=1))]
-        return torch.cat(parts, dim=1)
+            chunks = list(x.split(self.in_dim, dim=1))
+        if not self.batched:
+            return torch.cat([ch(xk) for ch, xk in zip(self.channels, chunks)], dim=1)
+        first = self.channels[0]
+        if any(ch.mode != first.mode for ch in self.channels):
+            raise ConfigError("parallel layer: batched channels must all be in the same mode")
+        if x.dim() != 2 or chunks[0].shape[1] != self.in_dim:
+            raise ShapeError(f"parallel layer: expected input (batch, {self.in_dim}), got {tuple(x.shape)}")
+        b = x.shape[0]
+        xs = torch.cat([ch.constrain_input(xk) for ch, xk in zip(self.channels, chunks)], dim=0)
+        thetas = [ch.params() for ch in self.channels]
+        theta = {n: torch.cat([t[n].expand(b, *t[n].shape) for t in thetas], dim=0) for n in thetas[0]}
+        y = first.run(xs, theta)  # one device (and twin) call: k·batch samples, each with its channel's θ
+        return torch.cat(y.split(b, dim=0), dim=1)
 
     def extra_repr(self) -> str:
-        return f"channels={len(self.channels)}, input={'shared' if self.shared else 'split'}"
+        return (f"channels={len(self.channels)}, input={'shared' if self.shared else 'split'}"
+                + (", batched=True" if self.batched else ""))
 
 
 def physical_layers(model: nn.Module) -> Iterator[PhysicalLayer]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal, Union
 
 import torch
@@ -9,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from .errors import ConfigError
-from .layers import ElementwiseRescale, ParallelPhysical, PhysicalLayer, Pool, Slice
+from .layers import ElementwiseRescale, ParallelPhysical, PhysicalLayer, PixelViews, Pool, Slice
 from .pat import Twin
 from .system import PhysicalSystem
 
@@ -35,11 +36,16 @@ class ParallelBlock(_Block):
     ``input: shared`` drives every channel with the same incoming features (width ``input_dim``). The channels'
     outputs are concatenated (width ``channels · output_dim``). Each channel is a separate device call per batch
     (``channels`` queries per sample); ``without_physical`` baselines drop the block like a ``physical`` one.
+    ``batched: true`` sends all channels to the device (and its twin) as one call of ``channels × batch`` samples,
+    each with its own channel's θ: same queries, fewer calls (faster where a call has a fixed cost, e.g. a
+    simulator's per-step overhead); the device's noise is then drawn in a different order than with separate calls.
+    Needs a lab that accepts per-sample θ.
     """
 
     type: Literal["parallel"]
     channels: int = Field(ge=1)
     input: Literal["split", "shared"] = "split"
+    batched: bool = False
     input_constraint: Literal["clamp", "sigmoid"] = "clamp"
     param_constraint: Literal["clamp", "sigmoid"] = "clamp"
 
@@ -86,6 +92,19 @@ class PoolBlock(_Block):
     order: Literal["consecutive", "interleaved"] = "consecutive"
 
 
+class ViewsBlock(_Block):
+    """The incoming square image's pixels in several playback orders, concatenated (no parameters).
+
+    ``rows``: raster order, row by row (the features' own order); ``columns``: column by column (the transposed
+    image). A time-multiplexed device (circuit, plate) mixes pixels that are played close together in time, so a
+    ``columns`` view gives it vertical neighbourhoods where ``rows`` gives horizontal ones. Output width
+    ``len(views) × n_pixels``; follow it with a ``parallel`` block of split channels.
+    """
+
+    type: Literal["views"]
+    views: list[Literal["rows", "columns"]] = Field(min_length=1)
+
+
 class ActivationBlock(_Block):
     """Digital elementwise nonlinearity."""
 
@@ -94,7 +113,8 @@ class ActivationBlock(_Block):
 
 
 Block = Annotated[
-    Union[PhysicalBlock, ParallelBlock, RescaleBlock, LinearBlock, SliceBlock, PoolBlock, ActivationBlock],
+    Union[PhysicalBlock, ParallelBlock, RescaleBlock, LinearBlock, SliceBlock, PoolBlock, ViewsBlock,
+          ActivationBlock],
     Field(discriminator="type"),
 ]
 
@@ -152,7 +172,7 @@ def build_network(
                 )
             chans = [PhysicalLayer(system, twin, input_constraint=b.input_constraint,
                                    param_constraint=b.param_constraint, generator=gen) for _ in range(b.channels)]
-            mods.append(ParallelPhysical(chans, shared=b.input == "shared"))
+            mods.append(ParallelPhysical(chans, shared=b.input == "shared", batched=b.batched))
             width = b.channels * spec.output_dim
         elif isinstance(b, RescaleBlock):
             mods.append(ElementwiseRescale(width, b.scale, b.bias, init=b.init))
@@ -169,6 +189,12 @@ def build_network(
                 raise ConfigError(f"network block {i} (pool): cannot pool width {width} into {b.out} groups")
             mods.append(Pool(b.out, order=b.order))
             width = b.out
+        elif isinstance(b, ViewsBlock):
+            side = math.isqrt(width)
+            if side * side != width:
+                raise ConfigError(f"network block {i} (views): incoming width {width} is not a square image")
+            mods.append(PixelViews(side, b.views))
+            width = len(b.views) * width
         else:
             mods.append(_ACTS[b.name]())
     if width != n_classes:

@@ -16,7 +16,9 @@ from torch.nn import functional as F
 from .augment import RandomAffine
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import ConfigError
-from .layers import Mode, init_from_data, physical_layers, project_parameters, set_mode, using_mode
+from .layers import (
+    Mode, init_from_data, physical_layers, project_parameters, set_mode, set_overlap, using_mode,
+)
 from .system import PhysicalSystem
 from .tasks import ClassificationTask
 
@@ -43,6 +45,9 @@ class TrainConfig:
         augment: random affine distortion of each training batch, ``{"shift": px, "rotate": deg, "scale":
             fraction}`` (see :class:`pnnkit.augment.RandomAffine`); needs an image task (``task.meta["image_shape"]``).
             Test data and the data-dependent initialisation are never distorted.
+        overlap: in ``pat`` mode, run each physical layer's twin forward pass in a worker thread while the device
+            measures (:func:`pnnkit.pat.pat_forward`): bit-identical gradients, less wall time when device calls
+            wait on instruments or subprocesses (e.g. ngspice).
     """
 
     epochs: int = 20
@@ -57,6 +62,7 @@ class TrainConfig:
     record_measurements: bool = True
     init_samples: int = 256
     augment: dict[str, float] | None = None
+    overlap: bool = False
 
 
 @dataclass
@@ -162,6 +168,7 @@ class Trainer:
         self.cfg = config or TrainConfig()
         self.out_dir = Path(out_dir) if out_dir else None
         set_mode(model, mode)
+        set_overlap(model, self.cfg.overlap)
         if mode == "pat" and not any(True for _ in physical_layers(model)):
             raise ConfigError("pat mode needs at least one PhysicalLayer in the model")
         self.opt = _optimizer(model, self.cfg)
