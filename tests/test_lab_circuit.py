@@ -226,3 +226,36 @@ def test_adjoint_passes_gradcheck_and_twin_uses_it_when_frozen() -> None:
     assert "_DriveAdjointBackward" in _graph_nodes(y)
     (gx,) = torch.autograd.grad(y.sum(), x)
     assert torch.isfinite(gx).all() and gx.abs().max() > 0
+
+
+@pytest.mark.parametrize("model", ["gummel_poon_dc", "ebers_moll"])
+def test_adjoint_jacobian_matches_autograd_in_every_region(model: str) -> None:
+    """The RHS Jacobian entries used by the adjoint equal autograd's, also in saturation (v_bc > 0, where the
+    B–C terms matter) and at the junction-exponent cap — regions the circuit's normal drive never reaches."""
+    from pnnkit.labs.circuit import _FixedODE, _ode_plan
+
+    timing = CircuitTiming(t_segment=5e-6)
+    twin = make_lab("circuit", backend="ode", n_inputs=3, n_params=2, output_dim=5, timing=timing).ideal_twin(model)
+    comp, tr = (dict((k, v.detach()) for k, v in d.items()) for d in twin.values())
+    vt = K_BOLTZMANN * T_NOMINAL / Q_ELECTRON
+    ode = _FixedODE(comp, tr, model, vt, _ode_plan(5, timing, 1), F64)
+    vb = torch.tensor([0.0, 0.55, 0.65, 0.70, 0.75, 1.2], dtype=F64)  # off … deep on … past the exponent cap
+    vc = torch.tensor([5.0, 4.50, 0.50, 0.60, 0.30, 0.9], dtype=F64)  # forward active … saturated (v_c < v_b)
+    il = torch.full_like(vb, 1e-3)
+    u = torch.zeros_like(vb)
+
+    def f(s: torch.Tensor) -> torch.Tensor:
+        return torch.stack(ode.rhs(s[0], s[1], s[2], u))
+
+    jac = torch.autograd.functional.jacobian(f, torch.stack([vb, il, vc]))  # (3, B, 3, B): diagonal in the batch
+    idx = torch.arange(len(vb))
+    full = jac[:, idx, :, idx]  # (B, 3, 3)
+    j00, j02, j20, j22 = ode.jacobian(vb, vc)
+    for got, (r, c) in ((j00, (0, 0)), (j02, (0, 2)), (j20, (2, 0)), (j22, (2, 2))):
+        want = full[:, r, c]
+        assert torch.allclose(got, want, rtol=1e-9, atol=1e-12 * float(want.abs().max())), (r, c)
+    assert full[4, 0, 2].abs() > 1e-3 * full[4, 0, 0].abs()  # the saturated state does exercise the B–C terms
+    assert torch.equal(full[:, 0, 1], torch.zeros_like(vb)) and torch.equal(full[:, 1, 0], torch.zeros_like(vb))
+    assert torch.allclose(full[:, 1, 1], torch.full_like(vb, -ode.rs * ode.inv_l))
+    assert torch.allclose(full[:, 1, 2], torch.full_like(vb, -ode.inv_l))
+    assert torch.allclose(full[:, 2, 1], torch.full_like(vb, ode.inv_ct))

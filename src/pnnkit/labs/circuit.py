@@ -32,6 +32,7 @@ See ``docs/labs/circuit.md``.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import os
 import re
@@ -510,13 +511,8 @@ class _ODEPlan:
     stage_w: np.ndarray
 
 
-_PLANS: dict[tuple[int, CircuitTiming, int], _ODEPlan] = {}
-
-
+@functools.lru_cache(maxsize=32)
 def _ode_plan(n_seg: int, timing: CircuitTiming, substeps: int) -> _ODEPlan:
-    key = (int(n_seg), timing, int(substeps))
-    if key in _PLANS:
-        return _PLANS[key]
     m = timing.samples_per_segment
     if abs(m - timing.t_segment * timing.adc_rate) > 1e-9 or m < 1:
         raise ConfigError("t_segment must be a whole number of ADC sample periods")
@@ -550,9 +546,7 @@ def _ode_plan(n_seg: int, timing: CircuitTiming, substeps: int) -> _ODEPlan:
             if i >= 1:
                 w[(i - 1) // 2, 4 * n + s] += 1 - alpha
             w[i // 2, 4 * n + s] += alpha
-    plan = _ODEPlan(knots, grid, sample_t, out_index, w)
-    _PLANS[key] = plan
-    return plan
+    return _ODEPlan(knots, grid, sample_t, out_index, w)
 
 
 def simulate_ode(
@@ -588,7 +582,7 @@ def simulate_ode(
     than autograd through ``odeint``, same numbers (``tests/test_lab_circuit.py`` compares both).
     """
     vt = K_BOLTZMANN * temperature / Q_ELECTRON
-    plan = _ode_plan(levels.shape[1], timing, substeps)
+    plan = _ode_plan(int(levels.shape[1]), timing, int(substeps))
     consts = [*c.values(), *t.values()]
     if torch.is_grad_enabled() and any(v.requires_grad for v in consts):
         return _simulate_odeint(levels, c, t, plan, model, vt)

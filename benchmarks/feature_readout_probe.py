@@ -1,0 +1,81 @@
+"""How much does a trained network's readout leave on the table? A dense linear probe on its physical features.
+
+Loads a finished (or checkpointed) run directory of ``pnnkit run`` — its ``config.json``, twin and
+``<method>/checkpoint.safetensors`` — computes the features that reach the network's head (the output of the
+``stem`` and ``layer`` blocks, i.e. the last physical layer after its rescale) on the run's training and evaluation
+images *through the twin* (no device queries), and fits a dense multinomial logistic regression on them
+(standardised features, L-BFGS, L2 1e-4). Prints the trained network's own accuracy on the twin, the probe's, and
+the same probe on the raw task features. A probe far above the network means its readout, not its physical
+features, limits it. Diagnostic only: the probe is a digital dense layer, which the paper-style PNN does not have.
+
+Usage: PNNKIT_DATA_DIR=... .venv/bin/python benchmarks/feature_readout_probe.py RUN_DIR [--method in_silico]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from pnnkit.checkpoint import load_checkpoint
+from pnnkit.config import validate_config
+from pnnkit.experiments import build_lab
+from pnnkit.layers import set_mode
+from pnnkit.networks import build_network
+from pnnkit.tasks import load_task
+from pnnkit.twins import DigitalTwin
+
+
+def _logistic(ftr: torch.Tensor, ytr: torch.Tensor, fte: torch.Tensor, yte: torch.Tensor) -> tuple[float, float]:
+    mu, sd = ftr.mean(0), ftr.std(0) + 1e-6
+    ftr, fte = (ftr - mu) / sd, (fte - mu) / sd
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(ftr.shape[1], int(ytr.max()) + 1)
+    opt = torch.optim.LBFGS(lin.parameters(), lr=1, max_iter=300, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(lin(ftr), ytr) + 1e-4 * lin.weight.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float((lin(ftr).argmax(1) == ytr).float().mean()), float((lin(fte).argmax(1) == yte).float().mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--method", default="in_silico")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    cfg = validate_config(json.loads((args.run_dir / "config.json").read_text()), str(args.run_dir))
+    task = load_task(cfg.task.name, **cfg.task.options)
+    lab = build_lab(cfg.lab)
+    twin = DigitalTwin.load(cfg.twin.path or args.run_dir / "twin.safetensors", lab.spec).requires_grad_(False)
+    model = build_network(cfg.network, task.n_features, task.n_classes, lab, twin, seed=cfg.seed)
+    model.load_state_dict(load_checkpoint(args.run_dir / args.method / "checkpoint.safetensors")["model"])
+    set_mode(model, "in_silico")
+    n_body = len(cfg.network.stem) + cfg.network.depth * len(cfg.network.layer)
+    body = model[:n_body]
+
+    @torch.no_grad()
+    def run(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m(x[i : i + 1000]) for i in range(0, len(x), 1000)])
+
+    xtr, ytr, xte, yte = task.x_train, task.y_train, task.x_test, task.y_test
+    acc = [float((run(model, x).argmax(1) == y).float().mean()) for x, y in ((xtr, ytr), (xte, yte))]
+    print(f"{args.run_dir} ({args.method}): {len(xtr)} training and {len(xte)} evaluation samples")
+    print(f"trained network on the twin     train {acc[0]:.4f}  eval {acc[1]:.4f}")
+    ftr, fte = run(body, xtr), run(body, xte)
+    a = _logistic(ftr, ytr, fte, yte)
+    print(f"dense probe on its {ftr.shape[1]} features  train {a[0]:.4f}  eval {a[1]:.4f}")
+    a = _logistic(xtr, ytr, xte, yte)
+    print(f"dense probe on the {xtr.shape[1]} task features train {a[0]:.4f}  eval {a[1]:.4f}")
+
+
+if __name__ == "__main__":
+    main()
