@@ -11,12 +11,11 @@ Usage: .venv/bin/python benchmarks/plate_twin_vjp.py [--batch 128] [--repeats 5]
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from pnnkit import make_lab
+from pnnkit.bench.common import twin_vjp_timings
 
 
 def main() -> None:
@@ -32,33 +31,12 @@ def main() -> None:
     th = torch.rand(64, generator=g) - 0.5
     w = torch.randn(args.batch, 196, generator=g)
 
-    def vjp() -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ts = x.clone().requires_grad_(True), th.clone().requires_grad_(True)
-        return torch.autograd.grad((twin(xs, {"theta": ts}) * w).sum(), (xs, ts))  # type: ignore[return-value]
-
-    def timed(f) -> float:  # type: ignore[no-untyped-def]
-        f()
-        ts = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t0)
-        return statistics.median(ts) * 1e3
-
     print(f"torch {torch.__version__}, 1 intra-op thread, batch {args.batch}, plate 196 in / 64 θ / 196 bins")
-    twin.requires_grad_(False)
-    with torch.no_grad():
-        fwd = timed(lambda: twin(x, {"theta": th}))
-    adj = timed(vjp)
-    ga = vjp()
-    twin.requires_grad_(True)  # trainable physics → autograd through the loop (the previous path)
-    auto = timed(vjp)
-    gb = vjp()
-    rel = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(ga, gb))
-    print(f"twin forward (no grad)             {fwd:8.1f} ms")
-    print(f"forward + VJP, drive adjoint       {adj:8.1f} ms")
-    print(f"forward + VJP, autograd (previous) {auto:8.1f} ms   speed-up {auto / adj:.2f}×")
-    print(f"max relative gradient difference   {rel:.1e} (float32)")
+    t = twin_vjp_timings(twin, x, {"theta": th}, w, args.repeats)
+    print(f"twin forward (no grad)             {t['forward_ms']:8.1f} ms")
+    print(f"forward + VJP, drive adjoint       {t['frozen_ms']:8.1f} ms")
+    print(f"forward + VJP, autograd (previous) {t['trainable_ms']:8.1f} ms   speed-up {t['trainable_ms'] / t['frozen_ms']:.2f}×")
+    print(f"max relative gradient difference   {t['max_rel_diff']:.1e} (float32)")
 
 
 if __name__ == "__main__":

@@ -578,7 +578,7 @@ def simulate_ode(
     Two implementations of the same steps: when a component value or transistor parameter needs a gradient
     (fitting a twin), torchdiffeq's ``odeint`` with autograd; otherwise (PAT's backward, in-silico training and
     evaluation through a frozen twin, the lab's ``ode`` backend) an explicit loop without a graph whose gradient
-    w.r.t. ``levels`` is the hand-written discrete adjoint of the RK4 steps (:class:`_DriveAdjoint`): ≈ 4× faster
+    w.r.t. ``levels`` is the hand-written discrete adjoint of the RK4 steps (:class:`_DriveAdjoint`): ≈ 2.2× faster
     than autograd through ``odeint``, same numbers (``tests/test_lab_circuit.py`` compares both).
     """
     vt = K_BOLTZMANN * temperature / Q_ELECTRON
