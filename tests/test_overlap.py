@@ -92,6 +92,17 @@ def test_overlap_training_reaches_bit_identical_parameters():
         assert torch.equal(a, b)
 
 
+def test_trainer_keeps_a_layers_own_overlap_unless_told():
+    task = ClassificationTask("toy", torch.rand(8, 4), torch.zeros(8, dtype=torch.long), torch.rand(4, 4),
+                              torch.zeros(4, dtype=torch.long), ["a", "b"])
+    lab = make_lab("oscillators", n=4, seed=5)
+    layer = PhysicalLayer(lab, lab.ideal_twin(), overlap=True)
+    Trainer(nn.Sequential(layer, nn.Linear(4, 2)), task, "pat", TrainConfig(epochs=1, progress=False))
+    assert layer.overlap  # TrainConfig.overlap=None (the default) leaves PhysicalLayer(overlap=True) alone
+    Trainer(nn.Sequential(layer, nn.Linear(4, 2)), task, "pat", TrainConfig(epochs=1, progress=False, overlap=False))
+    assert not layer.overlap
+
+
 def test_twin_runs_while_the_device_measures():
     """The device waits until the twin has started (in another thread): only an overlapping path completes."""
     twin_started = threading.Event()

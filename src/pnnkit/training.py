@@ -47,7 +47,8 @@ class TrainConfig:
             Test data and the data-dependent initialisation are never distorted.
         overlap: in ``pat`` mode, run each physical layer's twin forward pass in a worker thread while the device
             measures (:func:`pnnkit.pat.pat_forward`): bit-identical gradients, less wall time when device calls
-            wait on instruments or subprocesses (e.g. ngspice).
+            wait on instruments or subprocesses (e.g. ngspice). ``True``/``False`` set it on every physical layer;
+            ``None`` (default) leaves each layer's own setting (``PhysicalLayer(overlap=...)``) alone.
     """
 
     epochs: int = 20
@@ -62,7 +63,7 @@ class TrainConfig:
     record_measurements: bool = True
     init_samples: int = 256
     augment: dict[str, float] | None = None
-    overlap: bool = False
+    overlap: bool | None = None
 
 
 @dataclass
@@ -168,7 +169,8 @@ class Trainer:
         self.cfg = config or TrainConfig()
         self.out_dir = Path(out_dir) if out_dir else None
         set_mode(model, mode)
-        set_overlap(model, self.cfg.overlap)
+        if self.cfg.overlap is not None:
+            set_overlap(model, self.cfg.overlap)
         if mode == "pat" and not any(True for _ in physical_layers(model)):
             raise ConfigError("pat mode needs at least one PhysicalLayer in the model")
         self.opt = _optimizer(model, self.cfg)
