@@ -136,3 +136,17 @@ def test_batched_channels_need_a_lab_with_per_sample_theta():
                         head=[{"type": "pool", "out": 2}])
     with pytest.raises(ConfigError, match="per-sample θ"):
         build_network(cfg, 4, 2, system, None)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_parallel_layer_names_a_wrong_input_width(batched: bool):
+    from pnnkit.errors import ShapeError
+
+    lab = make_lab("oscillators", n=4, ideal=True)
+    for shared, width in ((False, 12), (True, 4)):
+        cfg = NetworkConfig(depth=1, layer=[{"type": "parallel", "channels": 3, "batched": batched,
+                                             "input": "shared" if shared else "split"}], head=[])
+        par = build_network(cfg, width, 3 * 4, lab, lab.ideal_twin())[0]
+        set_mode(par, "physical")
+        with pytest.raises(ShapeError, match=rf"parallel layer: expected input \(batch, {width}\), got \(2, 5\)"):
+            par(torch.rand(2, 5))

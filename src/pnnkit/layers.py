@@ -285,19 +285,15 @@ class ParallelPhysical(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = len(self.channels)
-        if self.shared:
-            chunks = [x] * k
-        else:
-            if x.dim() != 2 or x.shape[1] != k * self.in_dim:
-                raise ShapeError(f"parallel layer: expected input (batch, {k * self.in_dim}), got {tuple(x.shape)}")
-            chunks = list(x.split(self.in_dim, dim=1))
+        width = self.in_dim if self.shared else k * self.in_dim
+        if x.dim() != 2 or x.shape[1] != width:
+            raise ShapeError(f"parallel layer: expected input (batch, {width}), got {tuple(x.shape)}")
+        chunks = [x] * k if self.shared else list(x.split(self.in_dim, dim=1))
         if not self.batched:
             return torch.cat([ch(xk) for ch, xk in zip(self.channels, chunks)], dim=1)
         first = self.channels[0]
         if any(ch.mode != first.mode for ch in self.channels):
             raise ConfigError("parallel layer: batched channels must all be in the same mode")
-        if x.dim() != 2 or chunks[0].shape[1] != self.in_dim:
-            raise ShapeError(f"parallel layer: expected input (batch, {self.in_dim}), got {tuple(x.shape)}")
         b = x.shape[0]
         xs = torch.cat([ch.constrain_input(xk) for ch, xk in zip(self.channels, chunks)], dim=0)
         thetas = [ch.params() for ch in self.channels]
