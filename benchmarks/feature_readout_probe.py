@@ -8,12 +8,22 @@ images *through the twin* (no device queries), and fits a dense multinomial logi
 the same probe on the raw task features. A probe far above the network means its readout, not its physical
 features, limits it. Diagnostic only: the probe is a digital dense layer, which the paper-style PNN does not have.
 
+``--refit`` also refits the network's own readout (the digital blocks after the last physical layer, one weight per
+bin pooled into classes: :func:`pnnkit.training.refit_readout`, L-BFGS, ``--l2``) on the twin's features, and with
+``--lab`` on features measured on the run's lab (its ``config.json`` lab; device queries: every training and
+evaluation sample through every channel once, ngspice with ``--workers``), and prints each refit's accuracy on the
+twin's and (with ``--lab``) the lab's evaluation features. ``--initial`` uses the network at its initial θ (the
+rescales initialised from data as in training) instead of the checkpoint: what a readout gets from the untrained
+physical layer.
+
 Usage: PNNKIT_DATA_DIR=... .venv/bin/python benchmarks/feature_readout_probe.py RUN_DIR [--method in_silico]
+       [--refit [--lab [--workers 2]] [--l2 0] [--initial]]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -22,9 +32,10 @@ import torch
 from pnnkit.checkpoint import load_checkpoint
 from pnnkit.config import validate_config
 from pnnkit.experiments import build_lab
-from pnnkit.layers import set_mode
+from pnnkit.layers import init_from_data, physical_layers, set_mode, using_mode
 from pnnkit.networks import build_network
 from pnnkit.tasks import load_task
+from pnnkit.training import refit_readout
 from pnnkit.twins import DigitalTwin
 
 
@@ -50,15 +61,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--method", default="in_silico")
+    ap.add_argument("--refit", action="store_true", help="refit the network's own readout (twin features)")
+    ap.add_argument("--lab", action="store_true", help="with --refit: also on features measured on the lab")
+    ap.add_argument("--workers", type=int, default=None, help="ngspice workers for --lab (default: the config's)")
+    ap.add_argument("--l2", type=float, default=0.0, help="refit_readout's L2 penalty")
+    ap.add_argument("--initial", action="store_true", help="the network at its initial θ, not the checkpoint")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    cfg = validate_config(json.loads((args.run_dir / "config.json").read_text()), str(args.run_dir))
+    raw = json.loads((args.run_dir / "config.json").read_text())
+    if args.workers is not None:
+        raw["lab"].setdefault("options", {})["workers"] = args.workers
+    cfg = validate_config(raw, str(args.run_dir))
     task = load_task(cfg.task.name, **cfg.task.options)
     lab = build_lab(cfg.lab)
     twin = DigitalTwin.load(cfg.twin.path or args.run_dir / "twin.safetensors", lab.spec).requires_grad_(False)
     model = build_network(cfg.network, task.n_features, task.n_classes, lab, twin, seed=cfg.seed)
-    model.load_state_dict(load_checkpoint(args.run_dir / args.method / "checkpoint.safetensors")["model"])
     set_mode(model, "in_silico")
+    if args.initial:  # the Trainer's data init: same seeded subset of the training set, through the twin
+        g = torch.Generator().manual_seed(cfg.seed * 100_003 + 99_991)
+        sub = torch.randperm(len(task.x_train), generator=g)[: max(2, min(len(task.x_train), cfg.training.init_samples))]
+        model.train()
+        init_from_data(model, task.x_train[sub])
+        model.eval()
+    else:
+        model.load_state_dict(load_checkpoint(args.run_dir / args.method / "checkpoint.safetensors")["model"])
     n_body = len(cfg.network.stem) + cfg.network.depth * len(cfg.network.layer)
     body = model[:n_body]
 
@@ -75,6 +101,34 @@ def main() -> None:
     print(f"dense probe on its {ftr.shape[1]} features  train {a[0]:.4f}  eval {a[1]:.4f}")
     a = _logistic(xtr, ytr, xte, yte)
     print(f"dense probe on the {xtr.shape[1]} task features train {a[0]:.4f}  eval {a[1]:.4f}")
+    if args.refit:
+        _refits(model, (xtr, ytr, xte, yte), args.lab, args.l2)
+
+
+def _refits(model: torch.nn.Module, data: tuple[torch.Tensor, ...], lab: bool, l2: float) -> None:
+    """The network's readout refitted on twin (and lab) features of the training set, scored on both."""
+    xtr, ytr, xte, yte = data
+    last = max(i for i, m in enumerate(model) if any(True for _ in physical_layers(m)))
+    body, readout = model[: last + 1], model[last + 1 :]
+
+    @torch.no_grad()
+    def features(x: torch.Tensor, mode: str) -> torch.Tensor:
+        with using_mode(model, mode):  # type: ignore[arg-type]
+            return torch.cat([body(x[i : i + 512]) for i in range(0, len(x), 512)])
+
+    feats = {"twin": (features(xtr, "in_silico"), features(xte, "in_silico"))}
+    if lab:
+        feats["lab"] = (features(xtr, "physical"), features(xte, "physical"))
+
+    @torch.no_grad()
+    def score(r: torch.nn.Module) -> str:
+        return "  ".join(f"eval on {k} {float((r(f[1]).argmax(1) == yte).float().mean()):.4f}" for k, f in feats.items())
+
+    print(f"network's readout as is            {score(readout)}")
+    for src, (ftr, _) in feats.items():
+        r = copy.deepcopy(readout)
+        info = refit_readout(torch.nn.Sequential(*r), ftr, ytr, "physical", l2)
+        print(f"readout refit on {src} features      train {info['train_accuracy_after']:.4f}  {score(r)}  (l2 {l2})")
 
 
 if __name__ == "__main__":

@@ -96,3 +96,64 @@ def test_data_init_measures_on_the_device_once_and_counts_the_queries():
     again.train()  # a trained network is not re-initialised: only the epoch's queries, a unchanged at lr 0
     assert again.train_queries == 2 * len(task.x_train)
     assert torch.equal(rescale.scale, scale)
+
+
+def test_readout_refit_changes_only_the_readout_and_reaches_its_optimum():
+    from pnnkit.training import refit_readout
+
+    task, model = _setup()
+    Trainer(model, task, "pat", TrainConfig(epochs=1, batch_size=64, lr=0.02, monitor_physical=False,
+                                            progress=False)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lab = model[1].system
+    q0 = lab.queries
+    info = refit_readout(model, task.x_train, task.y_train, "in_silico", l2=0.0)
+    assert lab.queries == q0 and info["device_queries"] == 0  # in silico: features from the twin
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"4.weight", "4.bias"}  # the Linear after the last physical layer, nothing else
+    assert info["parameters"] == 8 * 10 + 10
+    assert info["train_loss_after"] < info["train_loss_before"]
+    # at the optimum of the (convex) readout problem the gradient vanishes
+    with torch.no_grad():
+        from pnnkit.layers import using_mode
+
+        with using_mode(model, "in_silico"):
+            feats = model[:4](task.x_train)
+    model[4].zero_grad()
+    nn.functional.cross_entropy(model[4](feats), task.y_train).backward()
+    grad = torch.cat([model[4].weight.grad.flatten(), model[4].bias.grad])
+    assert float(grad.abs().max()) < 1e-3
+
+
+def test_readout_refit_in_pat_measures_the_training_set_once_and_logs_it(tmp_path):
+    from pnnkit import MeasurementLog
+
+    task, model = _setup()
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.02, monitor_physical=False, progress=False, refit_readout=True,
+                      refit_l2=0.0)
+    tr = Trainer(model, task, "pat", cfg, tmp_path)
+    res = tr.fit()
+    # one epoch through two physical layers, then the refit's one pass over the training set through both
+    assert res.physical_queries == 2 * 256 + 2 * 256
+    assert res.readout_refit is not None and res.readout_refit["device_queries"] == 2 * 256
+    assert res.summary()["readout_refit"]["train_loss_after"] <= res.readout_refit["train_loss_before"]
+    log = MeasurementLog(tmp_path / "device_log.h5", model[1].system.spec)
+    assert len(log) == res.physical_queries  # nothing measured is lost, the refit's measurements included
+    log.close()
+    # a resumed, finished run does not refit twice
+    again = Trainer(model, task, "pat", cfg, tmp_path)
+    again.train(resume=True)
+    assert again.readout_refit == tr.readout_refit and again.train_queries == tr.train_queries
+
+
+def test_readout_refit_names_what_it_cannot_do():
+    from pnnkit.errors import ConfigError
+    from pnnkit.training import refit_readout
+
+    task, model = _setup()
+    x, y = task.x_train[:8], task.y_train[:8]
+    with pytest.raises(ConfigError, match="nn.Sequential"):
+        refit_readout(nn.ModuleList(list(model)), x, y, "in_silico")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="no trainable digital parameters after the last physical layer"):
+        refit_readout(model[:4], x, y, "in_silico")

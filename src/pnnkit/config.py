@@ -88,6 +88,9 @@ class TrainingConfig(_Strict):
     init_samples: int = Field(256, ge=2, description="training samples for rescale layers with init: data")
     augment: AugmentConfig | None = Field(None, description="training-batch augmentation (image tasks)")
     overlap: bool = Field(False, description="pat: twin forward pass in a thread while the device measures")
+    refit_readout: bool = Field(False, description="after training, fit the digital readout (everything after the "
+                                "last physical layer) to the training set's features with L-BFGS")
+    refit_l2: float = Field(1e-4, ge=0, description="L2 penalty of the readout refit")
 
 
 class DigitalBaselineConfig(_Strict):

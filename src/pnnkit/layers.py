@@ -211,17 +211,52 @@ class Slice(nn.Module):
         return f"[{self.start}:{self.stop}]"
 
 
+def hilbert_order(side: int) -> list[tuple[int, int]]:
+    """The cells ``(row, column)`` of a ``side × side`` grid in the order of a Hilbert curve drawn on the enclosing
+    power-of-two grid (cells outside the image skipped): consecutive cells are mostly neighbours, and any run of
+    ``k`` consecutive cells covers a compact patch of ≈ ``k`` pixels."""
+    n = 1
+    while n < side:
+        n *= 2
+    cells = []
+    for d in range(n * n):
+        x = y = 0
+        t, s = d, 1
+        while s < n:  # standard index → (x, y) conversion, one quadrant level per pass
+            rx = 1 & (t // 2)
+            ry = 1 & (t ^ rx)
+            if ry == 0:
+                if rx == 1:
+                    x, y = s - 1 - x, s - 1 - y
+                x, y = y, x
+            x, y, t, s = x + s * rx, y + s * ry, t // 4, s * 2
+        if x < side and y < side:
+            cells.append((y, x))
+    return cells
+
+
+PIXEL_VIEWS = ("rows", "columns", "hilbert", "hilbert_transposed")
+
+
 class PixelViews(nn.Module):
     """A ``side × side`` image (flattened row by row) in several pixel orders, concatenated: ``"rows"`` keeps the
-    raster order, ``"columns"`` plays the transposed image (column by column). No parameters."""
+    raster order, ``"columns"`` plays the transposed image (column by column), ``"hilbert"`` follows a Hilbert
+    curve (2-D neighbours stay close in time) and ``"hilbert_transposed"`` the same curve on the transposed image.
+    No parameters."""
 
     def __init__(self, side: int, views: Sequence[str]) -> None:
         super().__init__()
         grid = torch.arange(side * side).reshape(side, side)
-        orders = {"rows": grid.flatten(), "columns": grid.T.flatten()}
+        curve = hilbert_order(side)
+        orders = {
+            "rows": grid.flatten(),
+            "columns": grid.T.flatten(),
+            "hilbert": torch.tensor([int(grid[r, c]) for r, c in curve]),
+            "hilbert_transposed": torch.tensor([int(grid[c, r]) for r, c in curve]),
+        }
         unknown = [v for v in views if v not in orders]
         if unknown or not views:
-            raise ConfigError(f"pixel views must be a non-empty list of 'rows'/'columns', got {list(views)!r}")
+            raise ConfigError(f"pixel views must be a non-empty list of {'/'.join(PIXEL_VIEWS)}, got {list(views)!r}")
         self.side, self.views = int(side), list(views)
         self.register_buffer("index", torch.cat([orders[v] for v in views]), persistent=False)
 

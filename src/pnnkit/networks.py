@@ -96,13 +96,15 @@ class ViewsBlock(_Block):
     """The incoming square image's pixels in several playback orders, concatenated (no parameters).
 
     ``rows``: raster order, row by row (the features' own order); ``columns``: column by column (the transposed
-    image). A time-multiplexed device (circuit, plate) mixes pixels that are played close together in time, so a
-    ``columns`` view gives it vertical neighbourhoods where ``rows`` gives horizontal ones. Output width
+    image); ``hilbert``: along a Hilbert curve (pixels a few steps apart in time are 2-D neighbours);
+    ``hilbert_transposed``: the same curve over the transposed image. A time-multiplexed device (circuit, plate)
+    mixes pixels that are played close together in time, so a ``columns`` view gives it vertical neighbourhoods
+    where ``rows`` gives horizontal ones, and ``hilbert`` compact patches. Output width
     ``len(views) × n_pixels``; follow it with a ``parallel`` block of split channels.
     """
 
     type: Literal["views"]
-    views: list[Literal["rows", "columns"]] = Field(min_length=1)
+    views: list[Literal["rows", "columns", "hilbert", "hilbert_transposed"]] = Field(min_length=1)
 
 
 class ActivationBlock(_Block):

@@ -49,6 +49,12 @@ class TrainConfig:
             measures (:func:`pnnkit.pat.pat_forward`): bit-identical gradients, less wall time when device calls
             wait on instruments or subprocesses (e.g. ngspice). ``True``/``False`` set it on every physical layer;
             ``None`` (default) leaves each layer's own setting (``PhysicalLayer(overlap=...)``) alone.
+        refit_readout: after the last epoch, hold everything up to the last physical layer fixed, take its
+            outputs on the whole training set once (measured on the device in ``pat`` mode — these queries count
+            as training queries and are logged — from the twin in ``in_silico`` mode) and fit the digital modules
+            after it (the readout) to convergence with full-batch L-BFGS (:func:`refit_readout`). The readout is
+            usually convex or nearly so given the features, and minibatch Adam leaves it short of its optimum.
+        refit_l2: L2 penalty of that fit on the readout parameters' change (sum of squares).
     """
 
     epochs: int = 20
@@ -64,6 +70,8 @@ class TrainConfig:
     init_samples: int = 256
     augment: dict[str, float] | None = None
     overlap: bool | None = None
+    refit_readout: bool = False
+    refit_l2: float = 1e-4
 
 
 @dataclass
@@ -76,15 +84,19 @@ class TrainResult:
     train_seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
     confusion: list[list[int]] | None = None
+    readout_refit: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
-        return {
+        out = {
             "test_accuracy": self.test_accuracy,
             "twin_test_accuracy": self.twin_test_accuracy,
             "physical_queries": self.physical_queries,
             "eval_queries": self.eval_queries,
             "train_seconds": self.train_seconds,
         }
+        if self.readout_refit is not None:
+            out["readout_refit"] = self.readout_refit
+        return out
 
 
 def _systems(model: nn.Module) -> list[PhysicalSystem]:
@@ -118,6 +130,65 @@ def confusion_matrix(pred: Tensor, y: Tensor, n_classes: int) -> list[list[int]]
     cm = torch.zeros(n_classes, n_classes, dtype=torch.long)
     cm.index_put_((y, pred), torch.ones_like(y), accumulate=True)
     return cm.tolist()
+
+
+def refit_readout(
+    model: nn.Module, x: Tensor, y: Tensor, mode: Mode, l2: float = 1e-4, max_iter: int = 500, batch_size: int = 512,
+) -> dict[str, Any]:
+    """Fit the digital modules after the last physical layer of a sequential ``model`` (all of it if it has none)
+    to ``(x, y)`` with full-batch L-BFGS on cross-entropy + ``l2`` · Σ (p − p₀)², the features held fixed: the
+    penalty pulls toward the readout's parameters p₀ before the refit (not toward 0, since a data-initialised
+    rescale's scale can be in the thousands).
+
+    The features (the last physical layer's outputs, and whatever precedes it) are computed once, in ``mode``
+    (``"pat"`` measures them on the device, like PAT's forward pass). Returns the training loss and accuracy
+    before and after, the number of parameters refitted and the device queries spent.
+    """
+    if not isinstance(model, nn.Sequential):
+        raise ConfigError(f"refit_readout needs an nn.Sequential network (a pnnkit network), got {type(model).__name__}")
+    last = max((i for i, m in enumerate(model) if any(True for _ in physical_layers(m))), default=-1)
+    body, readout = model[: last + 1], model[last + 1 :]
+    params = [p for p in readout.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("refit_readout: there are no trainable digital parameters after the last physical layer")
+    q0 = _queries(model)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), using_mode(model, "physical" if mode == "pat" else mode):
+        feats = torch.cat([body(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    queries = _queries(model) - q0
+
+    start = [p.detach().clone() for p in params]
+
+    def objective() -> tuple[Tensor, Tensor]:
+        logits = readout(feats)
+        return F.cross_entropy(logits, y) + l2 * sum((p - p0).square().sum() for p, p0 in zip(params, start)), logits
+
+    with torch.no_grad():
+        loss0, logits0 = objective()
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss, _ = objective()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        loss1, logits1 = objective()
+    if not torch.isfinite(loss1):
+        raise FloatingPointError(f"refit_readout: the loss became {float(loss1)}; raise refit_l2")
+    model.train(was_training)
+    return {
+        "parameters": sum(p.numel() for p in params),
+        "l2": l2,
+        "train_loss_before": float(loss0),
+        "train_loss_after": float(loss1),
+        "train_accuracy_before": float((logits0.argmax(1) == y).float().mean()),
+        "train_accuracy_after": float((logits1.argmax(1) == y).float().mean()),
+        "device_queries": queries,
+    }
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -188,6 +259,7 @@ class Trainer:
         self.train_queries = 0
         self.eval_queries = 0
         self.train_seconds = 0.0
+        self.readout_refit: dict[str, Any] | None = None
 
     # --- checkpoints ----------------------------------------------------------------------------------------
     @property
@@ -206,6 +278,7 @@ class Trainer:
             "train_queries": self.train_queries,
             "eval_queries": self.eval_queries,
             "train_seconds": self.train_seconds,
+            "readout_refit": self.readout_refit,
             "config": asdict(self.cfg),
         }
 
@@ -222,6 +295,7 @@ class Trainer:
         self.train_queries = int(st["train_queries"])
         self.eval_queries = int(st["eval_queries"])
         self.train_seconds = float(st["train_seconds"])
+        self.readout_refit = st.get("readout_refit")
 
     # --- loop ----------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
@@ -326,6 +400,17 @@ class Trainer:
                     csv_file.flush()
                 if self.checkpoint_path:
                     save_checkpoint(self.state(), self.checkpoint_path)
+            if cfg.refit_readout and self.epoch == cfg.epochs and self.readout_refit is None:
+                t0 = time.perf_counter()
+                self.readout_refit = refit_readout(model, task.x_train, task.y_train, self.mode, cfg.refit_l2)
+                self.train_queries += self.readout_refit["device_queries"]
+                self.train_seconds += time.perf_counter() - t0
+                self.readout_refit["seconds"] = time.perf_counter() - t0
+                if writer:
+                    writer.add_scalar(f"{self.mode}/refit_train_accuracy", self.readout_refit["train_accuracy_after"],
+                                      self.epoch)
+                if self.checkpoint_path:
+                    save_checkpoint(self.state(), self.checkpoint_path)
         finally:
             for s, lg in zip(_systems(model), logs):
                 s.attach_log(None)
@@ -347,5 +432,5 @@ class Trainer:
         set_mode(model, self.mode)
         return TrainResult(
             self.mode, acc, twin_acc, self.train_queries, self.eval_queries, self.train_seconds, list(self.history),
-            confusion_matrix(pred, task.y_test, task.n_classes),
+            confusion_matrix(pred, task.y_test, task.n_classes), self.readout_refit,
         )
