@@ -90,7 +90,8 @@ class TrainingConfig(_Strict):
     overlap: bool = Field(False, description="pat: twin forward pass in a thread while the device measures")
     refit_readout: bool = Field(False, description="after training, fit the digital readout (everything after the "
                                 "last physical layer) to the training set's features with L-BFGS")
-    refit_l2: float = Field(1e-4, ge=0, description="L2 penalty of the readout refit")
+    refit_l2: float = Field(1e-4, ge=0, description="L2 penalty of the readout refit on the change of the "
+                            "readout's parameters")
 
 
 class DigitalBaselineConfig(_Strict):

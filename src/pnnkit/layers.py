@@ -213,8 +213,8 @@ class Slice(nn.Module):
 
 def hilbert_order(side: int) -> list[tuple[int, int]]:
     """The cells ``(row, column)`` of a ``side × side`` grid in the order of a Hilbert curve drawn on the enclosing
-    power-of-two grid (cells outside the image skipped): consecutive cells are mostly neighbours, and any run of
-    ``k`` consecutive cells covers a compact patch of ≈ ``k`` pixels."""
+    power-of-two grid (cells outside the image skipped). Cells a few steps apart are mostly 2-D neighbours: on
+    14 × 14, cells 4 steps apart are 2.2 pixels apart on average, against 5.6 in raster order."""
     n = 1
     while n < side:
         n *= 2

@@ -52,8 +52,9 @@ class TrainConfig:
         refit_readout: after the last epoch, hold everything up to the last physical layer fixed, take its
             outputs on the whole training set once (measured on the device in ``pat`` mode — these queries count
             as training queries and are logged — from the twin in ``in_silico`` mode) and fit the digital modules
-            after it (the readout) to convergence with full-batch L-BFGS (:func:`refit_readout`). The readout is
-            usually convex or nearly so given the features, and minibatch Adam leaves it short of its optimum.
+            after it (the readout) with full-batch L-BFGS, at most 500 iterations (:func:`refit_readout`). Given the
+            features the readout problem is often nearly convex, and minibatch Adam can leave it short of its
+            optimum (docs/experiments/mnist.md, round 7).
         refit_l2: L2 penalty of that fit on the readout parameters' change (sum of squares).
     """
 
