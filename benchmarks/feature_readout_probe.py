@@ -32,10 +32,10 @@ import torch
 from pnnkit.checkpoint import load_checkpoint
 from pnnkit.config import validate_config
 from pnnkit.experiments import build_lab
-from pnnkit.layers import init_from_data, physical_layers, set_mode, using_mode
+from pnnkit.layers import init_from_data, set_mode, using_mode
 from pnnkit.networks import build_network
 from pnnkit.tasks import load_task
-from pnnkit.training import refit_readout
+from pnnkit.training import refit_readout, split_readout
 from pnnkit.twins import DigitalTwin
 
 
@@ -108,8 +108,7 @@ def main() -> None:
 def _refits(model: torch.nn.Module, data: tuple[torch.Tensor, ...], lab: bool, l2: float) -> None:
     """The network's readout refitted on twin (and lab) features of the training set, scored on both."""
     xtr, ytr, xte, yte = data
-    last = max(i for i, m in enumerate(model) if any(True for _ in physical_layers(m)))
-    body, readout = model[: last + 1], model[last + 1 :]
+    body, readout = split_readout(model)
 
     @torch.no_grad()
     def features(x: torch.Tensor, mode: str) -> torch.Tensor:

@@ -133,6 +133,15 @@ def confusion_matrix(pred: Tensor, y: Tensor, n_classes: int) -> list[list[int]]
     return cm.tolist()
 
 
+def split_readout(model: nn.Module) -> tuple[nn.Sequential, nn.Sequential]:
+    """``(body, readout)`` of a sequential ``model``: everything up to and including the last module that holds a
+    physical layer, and the digital modules after it (the whole model is the readout if it has no physical layer)."""
+    if not isinstance(model, nn.Sequential):
+        raise ConfigError(f"refit_readout needs an nn.Sequential network (a pnnkit network), got {type(model).__name__}")
+    last = max((i for i, m in enumerate(model) if any(True for _ in physical_layers(m))), default=-1)
+    return model[: last + 1], model[last + 1 :]
+
+
 def refit_readout(
     model: nn.Module, x: Tensor, y: Tensor, mode: Mode, l2: float = 1e-4, max_iter: int = 500, batch_size: int = 512,
 ) -> dict[str, Any]:
@@ -145,10 +154,7 @@ def refit_readout(
     (``"pat"`` measures them on the device, like PAT's forward pass). Returns the training loss and accuracy
     before and after, the number of parameters refitted and the device queries spent.
     """
-    if not isinstance(model, nn.Sequential):
-        raise ConfigError(f"refit_readout needs an nn.Sequential network (a pnnkit network), got {type(model).__name__}")
-    last = max((i for i, m in enumerate(model) if any(True for _ in physical_layers(m))), default=-1)
-    body, readout = model[: last + 1], model[last + 1 :]
+    body, readout = split_readout(model)
     params = [p for p in readout.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("refit_readout: there are no trainable digital parameters after the last physical layer")
@@ -404,9 +410,9 @@ class Trainer:
             if cfg.refit_readout and self.epoch == cfg.epochs and self.readout_refit is None:
                 t0 = time.perf_counter()
                 self.readout_refit = refit_readout(model, task.x_train, task.y_train, self.mode, cfg.refit_l2)
-                self.train_queries += self.readout_refit["device_queries"]
-                self.train_seconds += time.perf_counter() - t0
                 self.readout_refit["seconds"] = time.perf_counter() - t0
+                self.train_queries += self.readout_refit["device_queries"]
+                self.train_seconds += self.readout_refit["seconds"]
                 if writer:
                     writer.add_scalar(f"{self.mode}/refit_train_accuracy", self.readout_refit["train_accuracy_after"],
                                       self.epoch)
