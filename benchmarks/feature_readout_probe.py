@@ -12,12 +12,21 @@ features, limits it. Diagnostic only: the probe is a digital dense layer, which 
 bin pooled into classes: :func:`pnnkit.training.refit_readout`, L-BFGS, ``--l2``) on the twin's features, and with
 ``--lab`` on features measured on the run's lab (its ``config.json`` lab; device queries: every training and
 evaluation sample through every channel once, ngspice with ``--workers``), and prints each refit's accuracy on the
-twin's and (with ``--lab``) the lab's evaluation features. ``--initial`` uses the network at its initial θ (the
+twin's and (with ``--lab``) the lab's evaluation features; with ``--lab`` it also counts the bins whose measured
+values do not follow the twin's (correlation < 0.9 over the training images). ``--initial`` uses the network at its initial θ (the
 rescales initialised from data as in training) instead of the checkpoint: what a readout gets from the untrained
 physical layer.
 
+Two more readout experiments on the same features, with ``--refit``:
+``--ridge 1e-6,1e-5`` fits the readout's own sparsity pattern (feature j feeds the classes its Jacobian reaches: one
+weight per bin for a pooled readout) as a linear map on *standardised* features with an L2 penalty λ·Σw² on those
+weights, for each λ (L-BFGS, 1,000 iterations at most), on twin features and with ``--lab`` on lab features.
+``--augment '{"shift": 1, "rotate": 10, "scale": 0.1}' --copies K`` refits the network's readout on the twin features
+of the training images plus K randomly distorted copies of them (:class:`pnnkit.augment.RandomAffine`, seeded), for
+K = 0 … ``--copies``: does more (distorted) data help the readout?
+
 Usage: PNNKIT_DATA_DIR=... .venv/bin/python benchmarks/feature_readout_probe.py RUN_DIR [--method in_silico]
-       [--refit [--lab [--workers 2]] [--l2 0] [--initial]]
+       [--refit [--lab [--workers 2]] [--l2 0] [--initial] [--ridge L1,L2,...] [--augment JSON --copies K]]
 """
 
 from __future__ import annotations
@@ -29,13 +38,14 @@ from pathlib import Path
 
 import torch
 
+from pnnkit.augment import RandomAffine
 from pnnkit.checkpoint import load_checkpoint
 from pnnkit.config import validate_config
 from pnnkit.experiments import build_lab
 from pnnkit.layers import init_from_data, set_mode, using_mode
 from pnnkit.networks import build_network
 from pnnkit.tasks import load_task
-from pnnkit.training import refit_readout, split_readout
+from pnnkit.training import augmentation, refit_readout, split_readout
 from pnnkit.twins import DigitalTwin
 
 
@@ -66,6 +76,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="ngspice workers for --lab (default: the config's)")
     ap.add_argument("--l2", type=float, default=0.0, help="refit_readout's L2 penalty")
     ap.add_argument("--initial", action="store_true", help="the network at its initial θ, not the checkpoint")
+    ap.add_argument("--ridge", default="", help="with --refit: comma-separated λ of a standardised ridge readout")
+    ap.add_argument("--augment", default="", help='with --refit: RandomAffine settings, e.g. \'{"shift": 1}\'')
+    ap.add_argument("--copies", type=int, default=1, help="with --augment: distorted copies of the training set")
     args = ap.parse_args()
     torch.set_num_threads(1)
     raw = json.loads((args.run_dir / "config.json").read_text())
@@ -102,10 +115,37 @@ def main() -> None:
     a = _logistic(xtr, ytr, xte, yte)
     print(f"dense probe on the {xtr.shape[1]} task features train {a[0]:.4f}  eval {a[1]:.4f}")
     if args.refit:
-        _refits(model, (xtr, ytr, xte, yte), args.lab, args.l2)
+        ridge = [float(v) for v in args.ridge.split(",") if v]
+        aug = augmentation(json.loads(args.augment), task) if args.augment else None
+        _refits(model, (xtr, ytr, xte, yte), args.lab, args.l2, ridge, aug, args.copies)
 
 
-def _refits(model: torch.nn.Module, data: tuple[torch.Tensor, ...], lab: bool, l2: float) -> None:
+def _ridge(readout: torch.nn.Module, ftr: torch.Tensor, ytr: torch.Tensor, fte: torch.Tensor, yte: torch.Tensor,
+           lam: float) -> tuple[float, float]:
+    """Train / eval accuracy of the readout's sparsity pattern fitted on standardised features with λ·Σw²."""
+    with torch.no_grad():
+        jac = torch.autograd.functional.jacobian(lambda f: readout(f[None])[0], ftr.mean(0))  # (classes, features)
+    mask = (jac != 0).float().T.contiguous()  # (features, classes)
+    mu, sd = ftr.mean(0), ftr.std(0) + 1e-8
+    ztr, zte = (ftr - mu) / sd, (fte - mu) / sd
+    w = torch.zeros_like(mask, requires_grad=True)
+    b = torch.zeros(mask.shape[1], requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=1000, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-9, tolerance_change=1e-12)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(ztr @ (w * mask) + b, ytr) + lam * (w * mask).square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return tuple(float(((z @ (w * mask) + b).argmax(1) == y).float().mean()) for z, y in ((ztr, ytr), (zte, yte)))
+
+
+def _refits(model: torch.nn.Module, data: tuple[torch.Tensor, ...], lab: bool, l2: float, ridge: list[float],
+            aug: RandomAffine | None, copies: int) -> None:
     """The network's readout refitted on twin (and lab) features of the training set, scored on both."""
     xtr, ytr, xte, yte = data
     body, readout = split_readout(model)
@@ -124,10 +164,29 @@ def _refits(model: torch.nn.Module, data: tuple[torch.Tensor, ...], lab: bool, l
         return "  ".join(f"eval on {k} {float((r(f[1]).argmax(1) == yte).float().mean()):.4f}" for k, f in feats.items())
 
     print(f"network's readout as is            {score(readout)}")
+    if lab:  # bins whose measured values do not follow the twin's across the training images
+        a, b = feats["lab"][0], feats["twin"][0]
+        sa, sb = a.std(0), b.std(0)
+        corr = ((a - a.mean(0)) * (b - b.mean(0))).mean(0) / (sa * sb + 1e-12)
+        print(f"bins with lab/twin correlation < 0.9 over the training images: {int((corr < 0.9).sum())} of {len(corr)} "
+              f"(their lab std: median {float(sa[corr < 0.9].median()) if bool((corr < 0.9).any()) else 0:.2g})")
     for src, (ftr, _) in feats.items():
         r = copy.deepcopy(readout)
         info = refit_readout(torch.nn.Sequential(*r), ftr, ytr, "physical", l2)
         print(f"readout refit on {src} features      train {info['train_accuracy_after']:.4f}  {score(r)}  (l2 {l2})")
+    for src, (ftr, fte) in feats.items():
+        for lam in ridge:
+            a = _ridge(readout, ftr, ytr, fte, yte, lam)
+            print(f"standardised ridge readout on {src} features, λ {lam:g}: train {a[0]:.4f}  eval on {src} {a[1]:.4f}")
+    if aug is not None:
+        g = torch.Generator().manual_seed(1)
+        ftr = feats["twin"][0]
+        extra = [features(aug(xtr, g), "in_silico") for _ in range(copies)]
+        for k in range(1, copies + 1):
+            r = copy.deepcopy(readout)
+            info = refit_readout(torch.nn.Sequential(*r), torch.cat([ftr, *extra[:k]]), torch.cat([ytr] * (k + 1)),
+                                 "physical", l2)
+            print(f"readout refit on twin features + {k} distorted copies  {score(r)}  ({aug})")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ def test_full_and_quick_configs_validate_and_match(name):
     assert quick.lab == full.lab and quick.network == full.network and quick.methods == full.methods
     assert quick.training.augment == full.training.augment
     assert quick.training.refit_readout == full.training.refit_readout
+    assert quick.training.refit_readout_start == full.training.refit_readout_start
     assert full.methods == ["pat", "in_silico"]
     assert full.digital_baseline is not None and full.digital_baseline.kind == "without_physical"
     assert full.lab.imperfection_scale == 1.0 and full.lab.unit == 0  # default unit, default imperfections
@@ -89,14 +90,17 @@ def test_quick_variant_runs_end_to_end(name, tmp_path):
         assert r["methods"][m]["eval_queries"] == n_layers * 50
     # training queries: every training sample once per device use, plus (networks with init: data rescales after
     # the last device use) the data init: all 100 training samples (init_samples ≥ 100) through every device use,
-    # plus (refit_readout) one more pass of the training set through every device use
+    # plus one more pass of the training set through every device use for each readout refit (before the first
+    # epoch: refit_readout_start; after the last: refit_readout)
     data_init = any(getattr(b, "init", "fixed") == "data" for b in cfg.network.layer)
-    passes = 1 + int(data_init) + int(cfg.training.refit_readout)
+    refits = [k for k, on in (("readout_refit_start", cfg.training.refit_readout_start),
+                              ("readout_refit", cfg.training.refit_readout)) if on]
+    passes = 1 + int(data_init) + len(refits)
     assert r["methods"]["pat"]["physical_queries"] == n_layers * 100 * passes
-    if cfg.training.refit_readout:
-        assert r["methods"]["pat"]["readout_refit"]["device_queries"] == n_layers * 100
-        assert r["methods"]["in_silico"]["readout_refit"]["device_queries"] == 0
-        assert "readout_refit" in r["digital_baseline"]
+    for key in refits:
+        assert r["methods"]["pat"][key]["device_queries"] == n_layers * 100
+        assert r["methods"]["in_silico"][key]["device_queries"] == 0
+        assert key in r["digital_baseline"]
     assert r["methods"]["in_silico"]["physical_queries"] == 0
     assert isinstance(r["methods"]["in_silico"]["twin_test_accuracy"], float)
     assert r["twin"]["val_nrmse"] > 0 and r["twin"]["measurement_queries"] > 0

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from pnnkit import ElementwiseRescale, PhysicalLayer, make_lab
+from pnnkit.errors import ConfigError
 from pnnkit.tasks import load_task
 from pnnkit.training import TrainConfig, Trainer
 
@@ -145,6 +146,55 @@ def test_readout_refit_in_pat_measures_the_training_set_once_and_logs_it(tmp_pat
     again = Trainer(model, task, "pat", cfg, tmp_path)
     again.train(resume=True)
     assert again.readout_refit == tr.readout_refit and again.train_queries == tr.train_queries
+
+
+def test_readout_refit_at_start_is_the_optimum_for_the_initial_network():
+    import copy
+
+    from pnnkit.training import refit_readout
+
+    task, model = _setup()
+    ref = copy.deepcopy(model)
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=1e-12, monitor_physical=False, progress=False, refit_readout_start=True,
+                      refit_l2=0.0)
+    res = Trainer(model, task, "in_silico", cfg).fit()
+    # the same fit on the untrained network (in silico: deterministic twin features); a 1e-12 lr then barely moves it
+    info = refit_readout(ref, task.x_train, task.y_train, "in_silico", l2=0.0)
+    assert res.readout_refit_start is not None and res.readout_refit is None
+    assert res.readout_refit_start["train_loss_after"] == pytest.approx(info["train_loss_after"], rel=1e-5)
+    assert torch.allclose(model[4].weight, ref[4].weight, atol=1e-5)
+    assert torch.equal(model[0].weight, ref[0].weight)  # only the readout was fitted
+    assert "readout_refit_start" in res.summary() and "readout_refit" not in res.summary()
+
+
+def test_readout_refit_at_start_in_pat_is_measured_logged_and_not_repeated_on_resume(tmp_path):
+    from pnnkit import MeasurementLog
+
+    task, model = _setup()
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.02, monitor_physical=False, progress=False,
+                      refit_readout_start=True, refit_l2=0.0)
+    tr = Trainer(model, task, "pat", cfg, tmp_path)
+    tr.train(stop_after=1)  # interrupted after epoch 1
+    assert tr.readout_refit_start is not None and tr.readout_refit_start["device_queries"] == 2 * 256
+    assert tr.train_queries == 2 * 256 + 2 * 256  # the start refit's pass, then one epoch, through both layers
+    again = Trainer(model, task, "pat", cfg, tmp_path)
+    again.train(resume=True)  # epoch 2 only: the readout is not refitted again
+    assert again.readout_refit_start == tr.readout_refit_start
+    assert again.train_queries == 2 * 256 * 3
+    log = MeasurementLog(tmp_path / "device_log.h5", model[1].system.spec)
+    assert len(log) == again.train_queries  # nothing measured is lost, the start refit's measurements included
+    log.close()
+
+
+def test_monitor_every_measures_the_test_set_every_kth_and_the_last_epoch():
+    task, model = _setup()
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.02, monitor_every=2, progress=False)
+    tr = Trainer(model, task, "pat", cfg)
+    res = tr.fit()
+    assert ["test_accuracy_physical" in row for row in res.history] == [False, True, True]
+    assert res.eval_queries == 2 * 64 * 3  # epochs 2 and 3, then the final evaluation, through both layers
+    with pytest.raises(ConfigError, match="monitor_every must be ≥ 1"):
+        Trainer(model, task, "pat", TrainConfig(monitor_every=0))
 
 
 def test_readout_refit_names_what_it_cannot_do():

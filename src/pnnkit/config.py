@@ -84,6 +84,8 @@ class TrainingConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     monitor_physical: bool = True
+    monitor_every: int = Field(1, ge=1, description="with monitor_physical: measure the test accuracy on the lab "
+                               "after every monitor_every-th epoch and the last")
     record_measurements: bool = Field(True, description="log every device call during training to HDF5")
     init_samples: int = Field(256, ge=2, description="training samples for rescale layers with init: data")
     augment: AugmentConfig | None = Field(None, description="training-batch augmentation (image tasks)")
@@ -92,6 +94,8 @@ class TrainingConfig(_Strict):
                                 "last physical layer) to the training set's features with L-BFGS")
     refit_l2: float = Field(1e-4, ge=0, description="L2 penalty of the readout refit on the change of the "
                             "readout's parameters")
+    refit_readout_start: bool = Field(False, description="also fit the readout that way once before the first epoch "
+                                      "(after the data init), so θ trains against a readout at its optimum")
 
 
 class DigitalBaselineConfig(_Strict):

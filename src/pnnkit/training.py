@@ -36,6 +36,8 @@ class TrainConfig:
         lr_schedule: ``"cosine"`` or ``"constant"``.
         seed: training seed (initial θ, digital weights and batch order); the lab has its own seeds.
         monitor_physical: measure test accuracy on the physical system after every epoch (costs eval queries).
+        monitor_every: with ``monitor_physical``, measure it only after every ``monitor_every``-th epoch and the
+            last one (1: every epoch).
         progress: show a progress bar.
         init_samples: training samples (a seeded random subset) for the data-dependent initialisation of
             ``ElementwiseRescale(init="data")`` layers at the start of a fresh run (in ``pat`` mode these are
@@ -56,6 +58,9 @@ class TrainConfig:
             features the readout problem is often nearly convex, and minibatch Adam can leave it short of its
             optimum (docs/experiments/mnist.md, round 7).
         refit_l2: L2 penalty of that fit on the readout parameters' change (sum of squares).
+        refit_readout_start: also fit the readout the same way once before the first epoch (after the data-dependent
+            initialisation; measured on the device in ``pat`` mode), so that θ trains against a readout at its
+            optimum from the first step instead of one that minibatch Adam is still fitting.
     """
 
     epochs: int = 20
@@ -66,6 +71,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"
     seed: int = 0
     monitor_physical: bool = True
+    monitor_every: int = 1
     progress: bool = True
     record_measurements: bool = True
     init_samples: int = 256
@@ -73,6 +79,7 @@ class TrainConfig:
     overlap: bool | None = None
     refit_readout: bool = False
     refit_l2: float = 1e-4
+    refit_readout_start: bool = False
 
 
 @dataclass
@@ -86,6 +93,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     confusion: list[list[int]] | None = None
     readout_refit: dict[str, Any] | None = None
+    readout_refit_start: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         out = {
@@ -95,6 +103,8 @@ class TrainResult:
             "eval_queries": self.eval_queries,
             "train_seconds": self.train_seconds,
         }
+        if self.readout_refit_start is not None:
+            out["readout_refit_start"] = self.readout_refit_start
         if self.readout_refit is not None:
             out["readout_refit"] = self.readout_refit
         return out
@@ -267,6 +277,9 @@ class Trainer:
         self.eval_queries = 0
         self.train_seconds = 0.0
         self.readout_refit: dict[str, Any] | None = None
+        self.readout_refit_start: dict[str, Any] | None = None
+        if self.cfg.monitor_every < 1:
+            raise ConfigError(f"monitor_every must be ≥ 1, got {self.cfg.monitor_every}")
 
     # --- checkpoints ----------------------------------------------------------------------------------------
     @property
@@ -286,6 +299,7 @@ class Trainer:
             "eval_queries": self.eval_queries,
             "train_seconds": self.train_seconds,
             "readout_refit": self.readout_refit,
+            "readout_refit_start": self.readout_refit_start,
             "config": asdict(self.cfg),
         }
 
@@ -303,6 +317,7 @@ class Trainer:
         self.eval_queries = int(st["eval_queries"])
         self.train_seconds = float(st["train_seconds"])
         self.readout_refit = st.get("readout_refit")
+        self.readout_refit_start = st.get("readout_refit_start")
 
     # --- loop ----------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
@@ -355,6 +370,8 @@ class Trainer:
                 model.train()
                 if init_from_data(model, task.x_train[sub]):
                     self.train_queries += _queries(model) - q0
+                if cfg.refit_readout_start and self.epoch == 0 and self.readout_refit_start is None:
+                    self.readout_refit_start = self._refit(writer, "refit_start_train_accuracy")
             while self.epoch < end:
                 t0 = time.perf_counter()
                 q0 = _queries(model)
@@ -392,7 +409,7 @@ class Trainer:
                 }
                 if self.mode == "in_silico":
                     row["test_accuracy_twin"] = accuracy(model, task.x_test, task.y_test, "in_silico")
-                if cfg.monitor_physical:
+                if cfg.monitor_physical and (self.epoch % cfg.monitor_every == 0 or self.epoch == cfg.epochs):
                     q1 = _queries(model)
                     row["test_accuracy_physical"] = accuracy(model, task.x_test, task.y_test, "physical")
                     self.eval_queries += _queries(model) - q1
@@ -408,14 +425,7 @@ class Trainer:
                 if self.checkpoint_path:
                     save_checkpoint(self.state(), self.checkpoint_path)
             if cfg.refit_readout and self.epoch == cfg.epochs and self.readout_refit is None:
-                t0 = time.perf_counter()
-                self.readout_refit = refit_readout(model, task.x_train, task.y_train, self.mode, cfg.refit_l2)
-                self.readout_refit["seconds"] = time.perf_counter() - t0
-                self.train_queries += self.readout_refit["device_queries"]
-                self.train_seconds += self.readout_refit["seconds"]
-                if writer:
-                    writer.add_scalar(f"{self.mode}/refit_train_accuracy", self.readout_refit["train_accuracy_after"],
-                                      self.epoch)
+                self.readout_refit = self._refit(writer, "refit_train_accuracy")
                 if self.checkpoint_path:
                     save_checkpoint(self.state(), self.checkpoint_path)
         finally:
@@ -429,6 +439,18 @@ class Trainer:
             if csv_file:
                 csv_file.close()
 
+    def _refit(self, writer: Any, tag: str) -> dict[str, Any]:
+        """:func:`refit_readout` on the whole training set in this trainer's mode; its time and device queries
+        count as training."""
+        t0 = time.perf_counter()
+        info = refit_readout(self.model, self.task.x_train, self.task.y_train, self.mode, self.cfg.refit_l2)
+        info["seconds"] = time.perf_counter() - t0
+        self.train_queries += info["device_queries"]
+        self.train_seconds += info["seconds"]
+        if writer:
+            writer.add_scalar(f"{self.mode}/{tag}", info["train_accuracy_after"], self.epoch)
+        return info
+
     def result(self) -> TrainResult:
         task, model = self.task, self.model
         q1 = _queries(model)
@@ -439,5 +461,5 @@ class Trainer:
         set_mode(model, self.mode)
         return TrainResult(
             self.mode, acc, twin_acc, self.train_queries, self.eval_queries, self.train_seconds, list(self.history),
-            confusion_matrix(pred, task.y_test, task.n_classes), self.readout_refit,
+            confusion_matrix(pred, task.y_test, task.n_classes), self.readout_refit, self.readout_refit_start,
         )
