@@ -13,9 +13,9 @@ bin pooled into classes: :func:`pnnkit.training.refit_readout`, L-BFGS, ``--l2``
 ``--lab`` on features measured on the run's lab (its ``config.json`` lab; device queries: every training and
 evaluation sample through every channel once, ngspice with ``--workers``), and prints each refit's accuracy on the
 twin's and (with ``--lab``) the lab's evaluation features; with ``--lab`` it also counts the bins whose measured
-values do not follow the twin's (correlation < 0.9 over the training images). ``--initial`` uses the network at its initial θ (the
-rescales initialised from data as in training) instead of the checkpoint: what a readout gets from the untrained
-physical layer.
+values do not follow the twin's (correlation < 0.9 over the training images). ``--initial`` uses the network at
+its initial θ (the rescales initialised from data as in training) instead of the checkpoint: what a readout gets
+from the untrained physical layer.
 
 Two more readout experiments on the same features, with ``--refit``:
 ``--ridge 1e-6,1e-5`` fits the readout's own sparsity pattern (feature j feeds the classes its Jacobian reaches: one
@@ -23,7 +23,7 @@ weight per bin for a pooled readout) as a linear map on *standardised* features 
 weights, for each λ (L-BFGS, 1,000 iterations at most), on twin features and with ``--lab`` on lab features.
 ``--augment '{"shift": 1, "rotate": 10, "scale": 0.1}' --copies K`` refits the network's readout on the twin features
 of the training images plus K randomly distorted copies of them (:class:`pnnkit.augment.RandomAffine`, seeded), for
-K = 0 … ``--copies``: does more (distorted) data help the readout?
+K = 1 … ``--copies`` (K = 0 is the plain refit): does more (distorted) data help the readout?
 
 Usage: PNNKIT_DATA_DIR=... .venv/bin/python benchmarks/feature_readout_probe.py RUN_DIR [--method in_silico]
        [--refit [--lab [--workers 2]] [--l2 0] [--initial] [--ridge L1,L2,...] [--augment JSON --copies K]]
