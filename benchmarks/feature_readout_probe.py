@@ -123,8 +123,7 @@ def main() -> None:
 def _ridge(readout: torch.nn.Module, ftr: torch.Tensor, ytr: torch.Tensor, fte: torch.Tensor, yte: torch.Tensor,
            lam: float) -> tuple[float, float]:
     """Train / eval accuracy of the readout's sparsity pattern fitted on standardised features with λ·Σw²."""
-    with torch.no_grad():
-        jac = torch.autograd.functional.jacobian(lambda f: readout(f[None])[0], ftr.mean(0))  # (classes, features)
+    jac = torch.autograd.functional.jacobian(lambda f: readout(f[None])[0], ftr.mean(0))  # (classes, features)
     mask = (jac != 0).float().T.contiguous()  # (features, classes)
     mu, sd = ftr.mean(0), ftr.std(0) + 1e-8
     ztr, zte = (ftr - mu) / sd, (fte - mu) / sd

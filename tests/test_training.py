@@ -198,7 +198,6 @@ def test_monitor_every_measures_the_test_set_every_kth_and_the_last_epoch():
 
 
 def test_readout_refit_names_what_it_cannot_do():
-    from pnnkit.errors import ConfigError
     from pnnkit.training import refit_readout
 
     task, model = _setup()
