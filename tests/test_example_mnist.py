@@ -31,6 +31,8 @@ def test_full_and_quick_configs_validate_and_match(name):
     assert quick.training.augment == full.training.augment
     assert quick.training.refit_readout == full.training.refit_readout
     assert quick.training.refit_readout_start == full.training.refit_readout_start
+    assert quick.training.refit_readout_every == full.training.refit_readout_every
+    assert quick.training.readout_lr == full.training.readout_lr
     assert full.methods == ["pat", "in_silico"]
     assert full.digital_baseline is not None and full.digital_baseline.kind == "without_physical"
     assert full.lab.imperfection_scale == 1.0 and full.lab.unit == 0  # default unit, default imperfections
@@ -91,7 +93,8 @@ def test_quick_variant_runs_end_to_end(name, tmp_path):
     # training queries: every training sample once per device use, plus (networks with init: data rescales after
     # the last device use) the data init: all 100 training samples (init_samples ≥ 100) through every device use,
     # plus one more pass of the training set through every device use for each readout refit (before the first
-    # epoch: refit_readout_start; after the last: refit_readout)
+    # epoch: refit_readout_start; after the last: refit_readout); refits after epochs (refit_readout_every) reuse the
+    # epoch's measurements and cost nothing
     data_init = any(getattr(b, "init", "fixed") == "data" for b in cfg.network.layer)
     refits = [k for k, on in (("readout_refit_start", cfg.training.refit_readout_start),
                               ("readout_refit", cfg.training.refit_readout)) if on]
@@ -101,6 +104,11 @@ def test_quick_variant_runs_end_to_end(name, tmp_path):
         assert r["methods"]["pat"][key]["device_queries"] == n_layers * 100
         assert r["methods"]["in_silico"][key]["device_queries"] == 0
         assert key in r["digital_baseline"]
+    k = cfg.training.refit_readout_every
+    if k:  # one refit on the epoch's own features after the (single) epoch, unless the end refit takes it
+        want = [] if cfg.training.refit_readout or 1 % k else [1]
+        for m in ("pat", "in_silico"):
+            assert [e["epoch"] for e in r["methods"][m].get("readout_refits_epoch", [])] == want
     assert r["methods"]["in_silico"]["physical_queries"] == 0
     assert isinstance(r["methods"]["in_silico"]["twin_test_accuracy"], float)
     assert r["twin"]["val_nrmse"] > 0 and r["twin"]["measurement_queries"] > 0

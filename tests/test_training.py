@@ -186,6 +186,75 @@ def test_readout_refit_at_start_in_pat_is_measured_logged_and_not_repeated_on_re
     log.close()
 
 
+def test_readout_refit_every_epoch_fits_the_epochs_measured_features_without_extra_queries(tmp_path, monkeypatch):
+    from pnnkit import MeasurementLog
+    from pnnkit import training
+
+    seen = []
+    real_fit = training.fit_readout
+    monkeypatch.setattr(training, "fit_readout", lambda r, f, y, *a: seen.append((f, y)) or real_fit(r, f, y, *a))
+    task, model = _setup()
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.02, monitor_physical=False, progress=False, refit_readout_every=1,
+                      refit_l2=0.0)
+    res = Trainer(model, task, "pat", cfg, tmp_path).fit()
+    assert res.physical_queries == 3 * 2 * 256  # three epochs through both layers, nothing more
+    assert [r["epoch"] for r in res.readout_refits_epoch] == [1, 2, 3]
+    assert all(r["train_loss_after"] <= r["train_loss_before"] for r in res.readout_refits_epoch)
+    assert res.summary()["readout_refits_epoch"] == res.readout_refits_epoch
+    # what the first refit fitted: the second physical layer's *measured* outputs of epoch 1, in batch order
+    log = MeasurementLog(tmp_path / "device_log.h5", model[1].system.spec)
+    y_log = log.to_measurements().y.reshape(3 * 2 * 256, -1)  # one row per call's sample
+    log.close()
+    measured = torch.cat([y_log[i + 64 : i + 128] for i in range(0, 2 * 256, 128)])  # layer 1, layer 2, per batch
+    feats, labels = seen[0]
+    assert torch.allclose(feats, measured.to(feats.dtype), atol=1e-6)
+    order = torch.randperm(256, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + 0))
+    assert torch.equal(labels, task.y_train[order])
+    # with the end refit on, the last epoch is left to its measured pass; every 2nd epoch: epoch 2 only
+    task, model = _setup()
+    cfg = TrainConfig(epochs=4, batch_size=64, lr=0.02, monitor_physical=False, progress=False, refit_readout_every=2,
+                      refit_readout=True, refit_l2=0.0)
+    res = Trainer(model, task, "pat", cfg).fit()
+    assert [r["epoch"] for r in res.readout_refits_epoch] == [2] and res.readout_refit is not None
+    assert res.physical_queries == 4 * 2 * 256 + 2 * 256  # four epochs, then the end refit's pass
+
+
+def test_readout_refit_every_epoch_in_silico_fits_the_twins_features(monkeypatch):
+    import copy
+
+    from pnnkit import training
+    from pnnkit.layers import using_mode
+
+    seen = []
+    real_fit = training.fit_readout
+    monkeypatch.setattr(training, "fit_readout", lambda r, f, y, *a: seen.append((f, y)) or real_fit(r, f, y, *a))
+    task, model = _setup()
+    ref = copy.deepcopy(model)
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=1e-12, monitor_physical=False, progress=False, refit_readout_every=1,
+                      refit_l2=0.0)
+    res = Trainer(model, task, "in_silico", cfg).fit()
+    # θ barely moves at a 1e-12 lr: epoch 1's recorded features are the untrained network's twin features
+    order = torch.randperm(256, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + 0))
+    with torch.no_grad(), using_mode(ref, "in_silico"):
+        want = ref[:4](task.x_train[order])
+    assert len(seen) == 2 and torch.allclose(seen[0][0], want, atol=1e-5)  # after epochs 1 and 2
+    assert res.readout_refits_epoch[0]["train_loss_after"] < res.readout_refits_epoch[0]["train_loss_before"]
+    with pytest.raises(ConfigError, match="refit_readout_every must be ≥ 0"):
+        Trainer(model, task, "pat", TrainConfig(refit_readout_every=-1))
+
+
+def test_readout_lr_zero_leaves_the_readout_to_the_refits():
+    task, model = _setup()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.02, readout_lr=0.0, monitor_physical=False, progress=False)
+    Trainer(model, task, "pat", cfg).fit()
+    after = model.state_dict()
+    assert torch.equal(after["4.weight"], start["4.weight"]) and torch.equal(after["4.bias"], start["4.bias"])
+    assert not torch.equal(after["0.weight"], start["0.weight"])  # the rest trained
+    changed = {k for k in start if not torch.equal(start[k], after[k])}
+    assert "4.weight" not in changed and changed
+
+
 def test_monitor_every_measures_the_test_set_every_kth_and_the_last_epoch():
     task, model = _setup()
     cfg = TrainConfig(epochs=3, batch_size=64, lr=0.02, monitor_every=2, progress=False)

@@ -96,6 +96,11 @@ class TrainingConfig(_Strict):
                             "readout's parameters")
     refit_readout_start: bool = Field(False, description="also fit the readout that way once before the first epoch "
                                       "(after the data init), so θ trains against a readout at its optimum")
+    refit_readout_every: int = Field(0, ge=0, description="also fit it after every k-th epoch, on the features that "
+                                     "epoch's forward passes produced (no extra queries; 0: off; with refit_readout "
+                                     "the last epoch is left to that)")
+    readout_lr: float | None = Field(None, ge=0, description="Adam lr of the readout (the digital blocks after the "
+                                     "last physical layer) if not lr; 0: only the refits change it")
 
 
 class DigitalBaselineConfig(_Strict):

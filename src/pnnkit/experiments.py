@@ -81,7 +81,8 @@ def train_method(
                      monitor_every=t.monitor_every, progress=progress,
                      record_measurements=t.record_measurements, init_samples=t.init_samples,
                      augment=_augment_spec(cfg), overlap=t.overlap, refit_readout=t.refit_readout,
-                     refit_l2=t.refit_l2, refit_readout_start=t.refit_readout_start)
+                     refit_l2=t.refit_l2, refit_readout_start=t.refit_readout_start,
+                     refit_readout_every=t.refit_readout_every, readout_lr=t.readout_lr)
     trainer = Trainer(model, task, method, tc, out_dir)  # type: ignore[arg-type]
     return model, trainer.fit(resume=resume)
 
@@ -262,12 +263,15 @@ def digital_baseline(cfg: ExperimentConfig, task: ClassificationTask, b: Digital
     tc = TrainConfig(epochs=b.epochs or t.epochs, batch_size=t.batch_size, lr=b.lr or t.lr,
                      weight_decay=t.weight_decay, lr_schedule=t.lr_schedule, seed=cfg.seed, monitor_physical=False,
                      progress=False, augment=_augment_spec(cfg), refit_readout=t.refit_readout, refit_l2=t.refit_l2,
-                     refit_readout_start=t.refit_readout_start)
+                     refit_readout_start=t.refit_readout_start, refit_readout_every=t.refit_readout_every,
+                     readout_lr=t.readout_lr)
     res = Trainer(model, task, "physical", tc).fit()
     out = {"kind": b.kind, "parameters": count_digital_parameters(model), "test_accuracy": res.test_accuracy,
            "train_seconds": res.train_seconds}
     if res.readout_refit_start is not None:  # the same treatment as the physical networks' readouts
         out["readout_refit_start"] = res.readout_refit_start
+    if res.readout_refits_epoch:
+        out["readout_refits_epoch"] = res.readout_refits_epoch
     if res.readout_refit is not None:
         out["readout_refit"] = res.readout_refit
     return out

@@ -61,6 +61,12 @@ class TrainConfig:
         refit_readout_start: also fit the readout the same way once before the first epoch (after the data-dependent
             initialisation; measured on the device in ``pat`` mode), so that θ trains against a readout at its
             optimum from the first step instead of one that minibatch Adam is still fitting.
+        refit_readout_every: also fit the readout the same way after every ``k``-th epoch (0: never), on the
+            features that epoch's own forward passes produced (measured in ``pat`` mode; no extra device queries).
+            θ moves during the epoch, so the early batches' features are slightly stale. With ``refit_readout`` the
+            last epoch is left to that refit's measured pass.
+        readout_lr: Adam learning rate of the readout's parameters if different from ``lr`` (0 leaves the readout
+            to the refits alone).
     """
 
     epochs: int = 20
@@ -80,6 +86,8 @@ class TrainConfig:
     refit_readout: bool = False
     refit_l2: float = 1e-4
     refit_readout_start: bool = False
+    refit_readout_every: int = 0
+    readout_lr: float | None = None
 
 
 @dataclass
@@ -94,6 +102,7 @@ class TrainResult:
     confusion: list[list[int]] | None = None
     readout_refit: dict[str, Any] | None = None
     readout_refit_start: dict[str, Any] | None = None
+    readout_refits_epoch: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         out = {
@@ -105,6 +114,8 @@ class TrainResult:
         }
         if self.readout_refit_start is not None:
             out["readout_refit_start"] = self.readout_refit_start
+        if self.readout_refits_epoch:
+            out["readout_refits_epoch"] = self.readout_refits_epoch
         if self.readout_refit is not None:
             out["readout_refit"] = self.readout_refit
         return out
@@ -156,17 +167,14 @@ def refit_readout(
     model: nn.Module, x: Tensor, y: Tensor, mode: Mode, l2: float = 1e-4, max_iter: int = 500, batch_size: int = 512,
 ) -> dict[str, Any]:
     """Fit the digital modules after the last physical layer of a sequential ``model`` (all of it if it has none)
-    to ``(x, y)`` with full-batch L-BFGS on cross-entropy + ``l2`` · Σ (p − p₀)², the features held fixed: the
-    penalty pulls toward the readout's parameters p₀ before the refit (not toward 0, since a data-initialised
-    rescale's scale can be in the thousands).
+    to ``(x, y)`` with full-batch L-BFGS (:func:`fit_readout`), the features held fixed.
 
     The features (the last physical layer's outputs, and whatever precedes it) are computed once, in ``mode``
     (``"pat"`` measures them on the device, like PAT's forward pass). Returns the training loss and accuracy
     before and after, the number of parameters refitted and the device queries spent.
     """
     body, readout = split_readout(model)
-    params = [p for p in readout.parameters() if p.requires_grad]
-    if not params:
+    if not any(p.requires_grad for p in readout.parameters()):  # before spending any device queries
         raise ConfigError("refit_readout: there are no trainable digital parameters after the last physical layer")
     q0 = _queries(model)
     was_training = model.training
@@ -174,7 +182,18 @@ def refit_readout(
     with torch.no_grad(), using_mode(model, "physical" if mode == "pat" else mode):
         feats = torch.cat([body(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
     queries = _queries(model) - q0
+    info = fit_readout(readout, feats, y, l2, max_iter)
+    model.train(was_training)
+    return {**info, "device_queries": queries}
 
+
+def fit_readout(readout: nn.Module, feats: Tensor, y: Tensor, l2: float = 1e-4, max_iter: int = 500) -> dict[str, Any]:
+    """Fit ``readout``'s trainable parameters p to the fixed features ``feats`` and labels ``y`` by full-batch L-BFGS
+    on cross-entropy + ``l2`` · Σ (p − p₀)². The penalty pulls toward the parameters p₀ before the fit (not toward
+    0, since a data-initialised rescale's scale can be in the thousands)."""
+    params = [p for p in readout.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("refit_readout: there are no trainable digital parameters after the last physical layer")
     start = [p.detach().clone() for p in params]
 
     def objective() -> tuple[Tensor, Tensor]:
@@ -196,7 +215,6 @@ def refit_readout(
         loss1, logits1 = objective()
     if not torch.isfinite(loss1):
         raise FloatingPointError(f"refit_readout: the loss became {float(loss1)}; raise refit_l2")
-    model.train(was_training)
     return {
         "parameters": sum(p.numel() for p in params),
         "l2": l2,
@@ -204,19 +222,24 @@ def refit_readout(
         "train_loss_after": float(loss1),
         "train_accuracy_before": float((logits0.argmax(1) == y).float().mean()),
         "train_accuracy_after": float((logits1.argmax(1) == y).float().mean()),
-        "device_queries": queries,
     }
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     phys = [p for layer in physical_layers(model) for p in layer.theta.values()]
     ids = {id(p) for p in phys}
+    readout: list[nn.Parameter] = []
+    if cfg.readout_lr is not None:
+        readout = [p for p in split_readout(model)[1].parameters() if p.requires_grad and id(p) not in ids]
+        ids |= {id(p) for p in readout}
     digital = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
     groups = []
     if phys:
         groups.append({"params": phys, "lr": cfg.physical_lr or cfg.lr, "weight_decay": 0.0})
     if digital:
         groups.append({"params": digital, "lr": cfg.lr, "weight_decay": cfg.weight_decay})
+    if readout:
+        groups.append({"params": readout, "lr": cfg.readout_lr, "weight_decay": cfg.weight_decay})
     if not groups:
         raise ConfigError("model has no trainable parameters")
     return torch.optim.AdamW(groups)
@@ -235,6 +258,24 @@ def augmentation(spec: dict[str, float] | None, task: ClassificationTask) -> Ran
         raise ConfigError(f"augment needs an image task; task {task.name!r} has no meta['image_shape']")
     aug = RandomAffine((int(shape[0]), int(shape[1])), **{k: float(v) for k, v in spec.items()})
     return aug if aug.active else None
+
+
+class _FeatureRecorder:
+    """Records what reaches a sequential model's readout (the output of its last module holding a physical layer,
+    or the model's input if it has none) in every forward pass, detached; ``labels`` is filled by the caller."""
+
+    def __init__(self, model: nn.Module) -> None:
+        body, _ = split_readout(model)
+        self.feats: list[Tensor] = []
+        self.labels: list[Tensor] = []
+        if len(body):
+            self.handle = body[-1].register_forward_hook(lambda m, i, o: self.feats.append(o.detach()))
+        else:
+            self.handle = model.register_forward_pre_hook(lambda m, i: self.feats.append(i[0].detach()))
+
+    def close(self) -> tuple[Tensor, Tensor]:
+        self.handle.remove()
+        return torch.cat(self.feats), torch.cat(self.labels)
 
 
 class Trainer:
@@ -280,6 +321,9 @@ class Trainer:
         self.readout_refit_start: dict[str, Any] | None = None
         if self.cfg.monitor_every < 1:
             raise ConfigError(f"monitor_every must be ≥ 1, got {self.cfg.monitor_every}")
+        if self.cfg.refit_readout_every < 0:
+            raise ConfigError(f"refit_readout_every must be ≥ 0, got {self.cfg.refit_readout_every}")
+        self.readout_refits_epoch: list[dict[str, Any]] = []
 
     # --- checkpoints ----------------------------------------------------------------------------------------
     @property
@@ -300,6 +344,7 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "readout_refit": self.readout_refit,
             "readout_refit_start": self.readout_refit_start,
+            "readout_refits_epoch": self.readout_refits_epoch,
             "config": asdict(self.cfg),
         }
 
@@ -318,6 +363,7 @@ class Trainer:
         self.train_seconds = float(st["train_seconds"])
         self.readout_refit = st.get("readout_refit")
         self.readout_refit_start = st.get("readout_refit_start")
+        self.readout_refits_epoch = list(st.get("readout_refits_epoch") or [])
 
     # --- loop ----------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
@@ -362,6 +408,7 @@ class Trainer:
             bar = tqdm(total=cfg.epochs * steps, initial=self.epoch * steps, desc=f"train[{self.mode}]", unit="step",
                        leave=False)
         end = cfg.epochs if stop_after is None else min(cfg.epochs, self.epoch + stop_after)
+        recorder: _FeatureRecorder | None = None
         try:
             if self.epoch < end:  # data-dependent init of rescales not yet initialised (a no-op for most networks)
                 q0 = _queries(model)
@@ -379,12 +426,18 @@ class Trainer:
                 order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch))
                 g_aug = torch.Generator().manual_seed(cfg.seed * 100_003 + 50_021 + self.epoch)
                 tot_loss, tot_correct = 0.0, 0
+                k = cfg.refit_readout_every
+                last = self.epoch + 1 == cfg.epochs
+                refit_now = k > 0 and (self.epoch + 1) % k == 0 and not (last and cfg.refit_readout)
+                recorder = _FeatureRecorder(model) if refit_now else None
                 for i in range(0, n, cfg.batch_size):
                     idx = order[i : i + cfg.batch_size]
                     xb, yb = task.x_train[idx], task.y_train[idx]
                     if self.augment is not None:
                         xb = self.augment(xb, g_aug)
                     logits = model(xb)
+                    if recorder is not None:
+                        recorder.labels.append(yb)
                     loss = F.cross_entropy(logits, yb)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"loss became {loss.item()} at epoch {self.epoch}; lower the lr")
@@ -398,6 +451,15 @@ class Trainer:
                     if bar:
                         bar.update(1)
                 self.train_queries += _queries(model) - q0
+                if recorder is not None:
+                    t1 = time.perf_counter()
+                    feats, labels = recorder.close()
+                    info = fit_readout(split_readout(model)[1], feats, labels, cfg.refit_l2)
+                    info["seconds"] = time.perf_counter() - t1
+                    self.readout_refits_epoch.append({"epoch": self.epoch + 1, **info})
+                    if writer:
+                        writer.add_scalar(f"{self.mode}/refit_epoch_train_accuracy", info["train_accuracy_after"],
+                                          self.epoch + 1)
                 self.train_seconds += time.perf_counter() - t0
                 self.epoch += 1
                 row: dict[str, Any] = {
@@ -429,6 +491,8 @@ class Trainer:
                 if self.checkpoint_path:
                     save_checkpoint(self.state(), self.checkpoint_path)
         finally:
+            if recorder is not None:
+                recorder.handle.remove()  # idempotent: also after an interrupted epoch
             for s, lg in zip(_systems(model), logs):
                 s.attach_log(None)
                 lg.close()
@@ -462,4 +526,5 @@ class Trainer:
         return TrainResult(
             self.mode, acc, twin_acc, self.train_queries, self.eval_queries, self.train_seconds, list(self.history),
             confusion_matrix(pred, task.y_test, task.n_classes), self.readout_refit, self.readout_refit_start,
+            list(self.readout_refits_epoch),
         )
