@@ -33,6 +33,7 @@ def test_full_and_quick_configs_validate_and_match(name):
     assert quick.training.refit_readout_start == full.training.refit_readout_start
     assert quick.training.refit_readout_every == full.training.refit_readout_every
     assert quick.training.readout_lr == full.training.readout_lr
+    assert quick.training.refit_every_max_iter == full.training.refit_every_max_iter
     assert full.methods == ["pat", "in_silico"]
     assert full.digital_baseline is not None and full.digital_baseline.kind == "without_physical"
     assert full.lab.imperfection_scale == 1.0 and full.lab.unit == 0  # default unit, default imperfections

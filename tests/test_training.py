@@ -192,10 +192,10 @@ def test_readout_refit_every_epoch_fits_the_epochs_measured_features_without_ext
 
     seen = []
     real_fit = training.fit_readout
-    monkeypatch.setattr(training, "fit_readout", lambda r, f, y, *a: seen.append((f, y)) or real_fit(r, f, y, *a))
+    monkeypatch.setattr(training, "fit_readout", lambda r, f, y, *a: seen.append((f, y, a)) or real_fit(r, f, y, *a))
     task, model = _setup()
     cfg = TrainConfig(epochs=3, batch_size=64, lr=0.02, monitor_physical=False, progress=False, refit_readout_every=1,
-                      refit_l2=0.0)
+                      refit_l2=0.0, refit_every_max_iter=50)
     res = Trainer(model, task, "pat", cfg, tmp_path).fit()
     assert res.physical_queries == 3 * 2 * 256  # three epochs through both layers, nothing more
     assert [r["epoch"] for r in res.readout_refits_epoch] == [1, 2, 3]
@@ -206,7 +206,8 @@ def test_readout_refit_every_epoch_fits_the_epochs_measured_features_without_ext
     y_log = log.to_measurements().y.reshape(3 * 2 * 256, -1)  # one row per call's sample
     log.close()
     measured = torch.cat([y_log[i + 64 : i + 128] for i in range(0, 2 * 256, 128)])  # layer 1, layer 2, per batch
-    feats, labels = seen[0]
+    feats, labels, (l2, max_iter) = seen[0]
+    assert (l2, max_iter) == (0.0, 50)
     assert torch.allclose(feats, measured.to(feats.dtype), atol=1e-6)
     order = torch.randperm(256, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + 0))
     assert torch.equal(labels, task.y_train[order])
@@ -241,6 +242,8 @@ def test_readout_refit_every_epoch_in_silico_fits_the_twins_features(monkeypatch
     assert res.readout_refits_epoch[0]["train_loss_after"] < res.readout_refits_epoch[0]["train_loss_before"]
     with pytest.raises(ConfigError, match="refit_readout_every must be ≥ 0"):
         Trainer(model, task, "pat", TrainConfig(refit_readout_every=-1))
+    with pytest.raises(ConfigError, match="refit_every_max_iter must be ≥ 1"):
+        Trainer(model, task, "pat", TrainConfig(refit_every_max_iter=0))
 
 
 def test_readout_lr_zero_leaves_the_readout_to_the_refits():

@@ -99,6 +99,7 @@ class TrainingConfig(_Strict):
     refit_readout_every: int = Field(0, ge=0, description="also fit it after every k-th epoch, on the features that "
                                      "epoch's forward passes produced (no extra queries; 0: off; with refit_readout "
                                      "the last epoch is left to that)")
+    refit_every_max_iter: int = Field(500, ge=1, description="L-BFGS iterations at most for each of those refits")
     readout_lr: float | None = Field(None, ge=0, description="Adam lr of the readout (the digital blocks after the "
                                      "last physical layer) if not lr; 0: only the refits change it")
 

@@ -82,7 +82,8 @@ def train_method(
                      record_measurements=t.record_measurements, init_samples=t.init_samples,
                      augment=_augment_spec(cfg), overlap=t.overlap, refit_readout=t.refit_readout,
                      refit_l2=t.refit_l2, refit_readout_start=t.refit_readout_start,
-                     refit_readout_every=t.refit_readout_every, readout_lr=t.readout_lr)
+                     refit_readout_every=t.refit_readout_every, refit_every_max_iter=t.refit_every_max_iter,
+                     readout_lr=t.readout_lr)
     trainer = Trainer(model, task, method, tc, out_dir)  # type: ignore[arg-type]
     return model, trainer.fit(resume=resume)
 
@@ -264,7 +265,7 @@ def digital_baseline(cfg: ExperimentConfig, task: ClassificationTask, b: Digital
                      weight_decay=t.weight_decay, lr_schedule=t.lr_schedule, seed=cfg.seed, monitor_physical=False,
                      progress=False, augment=_augment_spec(cfg), refit_readout=t.refit_readout, refit_l2=t.refit_l2,
                      refit_readout_start=t.refit_readout_start, refit_readout_every=t.refit_readout_every,
-                     readout_lr=t.readout_lr)
+                     refit_every_max_iter=t.refit_every_max_iter, readout_lr=t.readout_lr)
     res = Trainer(model, task, "physical", tc).fit()
     out = {"kind": b.kind, "parameters": count_digital_parameters(model), "test_accuracy": res.test_accuracy,
            "train_seconds": res.train_seconds}

@@ -65,6 +65,8 @@ class TrainConfig:
             features that epoch's own forward passes produced (measured in ``pat`` mode; no extra device queries).
             θ moves during the epoch, so the early batches' features are slightly stale. With ``refit_readout`` the
             last epoch is left to that refit's measured pass.
+        refit_every_max_iter: L-BFGS iterations at most for each of those refits (each starts from the readout
+            fitted after the previous epoch; the start and end refits take up to 500).
         readout_lr: Adam learning rate of the readout's parameters if different from ``lr`` (0 leaves the readout
             to the refits alone).
     """
@@ -87,6 +89,7 @@ class TrainConfig:
     refit_l2: float = 1e-4
     refit_readout_start: bool = False
     refit_readout_every: int = 0
+    refit_every_max_iter: int = 500
     readout_lr: float | None = None
 
 
@@ -323,6 +326,8 @@ class Trainer:
             raise ConfigError(f"monitor_every must be ≥ 1, got {self.cfg.monitor_every}")
         if self.cfg.refit_readout_every < 0:
             raise ConfigError(f"refit_readout_every must be ≥ 0, got {self.cfg.refit_readout_every}")
+        if self.cfg.refit_every_max_iter < 1:
+            raise ConfigError(f"refit_every_max_iter must be ≥ 1, got {self.cfg.refit_every_max_iter}")
         self.readout_refits_epoch: list[dict[str, Any]] = []
 
     # --- checkpoints ----------------------------------------------------------------------------------------
@@ -454,7 +459,7 @@ class Trainer:
                 if recorder is not None:
                     t1 = time.perf_counter()
                     feats, labels = recorder.close()
-                    info = fit_readout(split_readout(model)[1], feats, labels, cfg.refit_l2)
+                    info = fit_readout(split_readout(model)[1], feats, labels, cfg.refit_l2, cfg.refit_every_max_iter)
                     info["seconds"] = time.perf_counter() - t1
                     self.readout_refits_epoch.append({"epoch": self.epoch + 1, **info})
                     if writer:
