@@ -161,7 +161,8 @@ def split_readout(model: nn.Module) -> tuple[nn.Sequential, nn.Sequential]:
     """``(body, readout)`` of a sequential ``model``: everything up to and including the last module that holds a
     physical layer, and the digital modules after it (the whole model is the readout if it has no physical layer)."""
     if not isinstance(model, nn.Sequential):
-        raise ConfigError(f"refit_readout needs an nn.Sequential network (a pnnkit network), got {type(model).__name__}")
+        raise ConfigError("the readout options (refit_readout*, readout_lr) need an nn.Sequential network (a pnnkit "
+                          f"network), got {type(model).__name__}")
     last = max((i for i, m in enumerate(model) if any(True for _ in physical_layers(m))), default=-1)
     return model[: last + 1], model[last + 1 :]
 
