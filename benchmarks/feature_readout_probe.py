@@ -40,13 +40,9 @@ import torch
 
 from pnnkit.augment import RandomAffine
 from pnnkit.checkpoint import load_checkpoint
-from pnnkit.config import validate_config
-from pnnkit.experiments import build_lab
+from pnnkit.experiments import rebuild_run
 from pnnkit.layers import init_from_data, set_mode, using_mode
-from pnnkit.networks import build_network
-from pnnkit.tasks import load_task
 from pnnkit.training import augmentation, refit_readout, split_readout
-from pnnkit.twins import DigitalTwin
 
 
 def _logistic(ftr: torch.Tensor, ytr: torch.Tensor, fte: torch.Tensor, yte: torch.Tensor) -> tuple[float, float]:
@@ -81,14 +77,7 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=1, help="with --augment: distorted copies of the training set")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    raw = json.loads((args.run_dir / "config.json").read_text())
-    if args.workers is not None:
-        raw["lab"].setdefault("options", {})["workers"] = args.workers
-    cfg = validate_config(raw, str(args.run_dir))
-    task = load_task(cfg.task.name, **cfg.task.options)
-    lab = build_lab(cfg.lab)
-    twin = DigitalTwin.load(cfg.twin.path or args.run_dir / "twin.safetensors", lab.spec).requires_grad_(False)
-    model = build_network(cfg.network, task.n_features, task.n_classes, lab, twin, seed=cfg.seed)
+    cfg, task, lab, model = rebuild_run(args.run_dir, args.workers)
     set_mode(model, "in_silico")
     if args.initial:  # the Trainer's data init: same seeded subset of the training set, through the twin
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + 99_991)

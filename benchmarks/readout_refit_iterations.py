@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from pathlib import Path
 
@@ -24,13 +23,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pnnkit.checkpoint import load_checkpoint
-from pnnkit.config import validate_config
-from pnnkit.experiments import build_lab
+from pnnkit.experiments import rebuild_run
 from pnnkit.layers import using_mode
-from pnnkit.networks import build_network
-from pnnkit.tasks import load_task
 from pnnkit.training import fit_readout, split_readout
-from pnnkit.twins import DigitalTwin
 
 
 def main() -> None:
@@ -43,14 +38,7 @@ def main() -> None:
     ap.add_argument("--features", type=Path, default=None, help="reuse features written by --save")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    raw = json.loads((args.run_dir / "config.json").read_text())
-    if args.workers is not None:
-        raw["lab"].setdefault("options", {})["workers"] = args.workers
-    cfg = validate_config(raw, str(args.run_dir))
-    task = load_task(cfg.task.name, **cfg.task.options)
-    lab = build_lab(cfg.lab)
-    twin = DigitalTwin.load(cfg.twin.path or args.run_dir / "twin.safetensors", lab.spec).requires_grad_(False)
-    model = build_network(cfg.network, task.n_features, task.n_classes, lab, twin, seed=cfg.seed)
+    cfg, task, lab, model = rebuild_run(args.run_dir, args.workers)
     model.load_state_dict(load_checkpoint(args.run_dir / args.method / "checkpoint.safetensors")["model"])
     model.eval()
     body, readout = split_readout(model)

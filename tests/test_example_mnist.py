@@ -120,3 +120,13 @@ def test_quick_variant_runs_end_to_end(name, tmp_path):
     for f in ("learning_curves.png", "confusion_pat.png", "confusion_in_silico.png"):
         assert (tmp_path / f).exists(), f
     assert res["methods"].keys() == r["methods"].keys()
+    # the run directory rebuilds: its in-silico checkpoint on its saved twin gives the twin accuracy it reported
+    from pnnkit.checkpoint import load_checkpoint
+    from pnnkit.experiments import rebuild_run
+    from pnnkit.training import accuracy
+
+    cfg2, task2, _, model = rebuild_run(tmp_path)
+    assert cfg2 == cfg and len(task2.x_train) == 100 and len(task2.x_test) == 50
+    model.load_state_dict(load_checkpoint(tmp_path / "in_silico" / "checkpoint.safetensors")["model"])
+    acc = accuracy(model, task2.x_test, task2.y_test, "in_silico")
+    assert acc == pytest.approx(r["methods"]["in_silico"]["twin_test_accuracy"], abs=1e-6)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .config import DigitalBaselineConfig, ExperimentConfig, LabConfig, TwinConfig
+from .config import DigitalBaselineConfig, ExperimentConfig, LabConfig, TwinConfig, validate_config
 from .errors import ConfigError
 from .labs import make_lab
 from .measurements import MeasurementSet, acquire
@@ -91,6 +91,23 @@ def train_method(
 def _augment_spec(cfg: ExperimentConfig) -> dict[str, float] | None:
     a = cfg.training.augment
     return a.model_dump() if a else None
+
+
+def rebuild_run(
+    run_dir: str | Path, workers: int | None = None
+) -> tuple[ExperimentConfig, ClassificationTask, PhysicalSystem, torch.nn.Module]:
+    """The pieces of a ``pnnkit run`` directory, for analysis: its config, task, lab (``workers`` overrides the lab's
+    ``workers`` option) and network, built on the run's saved twin (frozen) with untrained weights; load a
+    ``<method>/checkpoint.safetensors`` into it for the trained ones."""
+    run_dir = Path(run_dir)
+    raw = json.loads((run_dir / "config.json").read_text())
+    if workers is not None:
+        raw["lab"].setdefault("options", {})["workers"] = workers
+    cfg = validate_config(raw, str(run_dir))
+    task = load_task(cfg.task.name, **cfg.task.options)
+    lab = build_lab(cfg.lab)
+    twin = DigitalTwin.load(cfg.twin.path or run_dir / "twin.safetensors", lab.spec).requires_grad_(False)
+    return cfg, task, lab, build_network(cfg.network, task.n_features, task.n_classes, lab, twin, seed=cfg.seed)
 
 
 def versions() -> dict[str, str]:
