@@ -246,6 +246,25 @@ def test_readout_refit_every_epoch_in_silico_fits_the_twins_features(monkeypatch
         Trainer(model, task, "pat", TrainConfig(refit_every_max_iter=0))
 
 
+def test_resume_with_epoch_refits_matches_uninterrupted_run(tmp_path):
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.02, monitor_physical=False, progress=False, refit_readout_every=1,
+                      refit_every_max_iter=20, readout_lr=0.0, refit_l2=0.0)
+    task, model = _setup()
+    full = Trainer(model, task, "pat", cfg, tmp_path / "full")
+    full.train()
+    want = {k: v.clone() for k, v in model.state_dict().items()}
+    task, model = _setup()
+    Trainer(model, task, "pat", cfg, tmp_path / "cut").train(stop_after=2)
+    task, model = _setup()
+    resumed = Trainer(model, task, "pat", cfg, tmp_path / "cut")
+    resumed.train(resume=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, want[k]), k
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in full.readout_refits_epoch]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.readout_refits_epoch] == strip
+    assert [r["epoch"] for r in resumed.readout_refits_epoch] == [1, 2, 3]
+
+
 def test_readout_lr_zero_leaves_the_readout_to_the_refits():
     task, model = _setup()
     start = {k: v.clone() for k, v in model.state_dict().items()}
