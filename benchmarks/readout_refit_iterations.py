@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--features", type=Path, default=None, help="reuse features written by --save")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    cfg, task, lab, model = rebuild_run(args.run_dir, args.workers)
+    _, task, lab, model = rebuild_run(args.run_dir, args.workers)
     model.load_state_dict(load_checkpoint(args.run_dir / args.method / "checkpoint.safetensors")["model"])
     model.eval()
     body, readout = split_readout(model)

@@ -75,17 +75,22 @@ def train_method(
     """Build the network (same initial weights for every method) and train it with ``method``."""
     model = build_network(cfg.network, task.n_features, task.n_classes, system, twin, seed=cfg.seed)
     t = cfg.training
-    tc = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, physical_lr=t.physical_lr,
-                     weight_decay=t.weight_decay, lr_schedule=t.lr_schedule, seed=cfg.seed,
-                     monitor_physical=t.monitor_physical if monitor is None else monitor,
-                     monitor_every=t.monitor_every, progress=progress,
-                     record_measurements=t.record_measurements, init_samples=t.init_samples,
-                     augment=_augment_spec(cfg), overlap=t.overlap, refit_readout=t.refit_readout,
-                     refit_l2=t.refit_l2, refit_readout_start=t.refit_readout_start,
-                     refit_readout_every=t.refit_readout_every, refit_every_max_iter=t.refit_every_max_iter,
-                     readout_lr=t.readout_lr)
+    tc = _train_config(cfg, epochs=t.epochs, lr=t.lr, physical_lr=t.physical_lr,
+                       monitor_physical=t.monitor_physical if monitor is None else monitor,
+                       monitor_every=t.monitor_every, progress=progress, record_measurements=t.record_measurements,
+                       init_samples=t.init_samples, overlap=t.overlap)
     trainer = Trainer(model, task, method, tc, out_dir)  # type: ignore[arg-type]
     return model, trainer.fit(resume=resume)
+
+
+def _train_config(cfg: ExperimentConfig, **kw: Any) -> TrainConfig:
+    """``TrainConfig`` with what every training of ``cfg`` shares (batch, schedule, seed, augmentation, readout
+    refits), plus the caller's own settings ``kw``."""
+    t = cfg.training
+    return TrainConfig(batch_size=t.batch_size, weight_decay=t.weight_decay, lr_schedule=t.lr_schedule, seed=cfg.seed,
+                       augment=_augment_spec(cfg), refit_readout=t.refit_readout, refit_l2=t.refit_l2,
+                       refit_readout_start=t.refit_readout_start, refit_readout_every=t.refit_readout_every,
+                       refit_every_max_iter=t.refit_every_max_iter, readout_lr=t.readout_lr, **kw)
 
 
 def _augment_spec(cfg: ExperimentConfig) -> dict[str, float] | None:
@@ -278,11 +283,7 @@ def digital_baseline(cfg: ExperimentConfig, task: ClassificationTask, b: Digital
     except ConfigError as e:
         raise ConfigError(f"digital_baseline {b.kind!r}: {e}; use kind 'mlp' with explicit hidden widths") from e
     t = cfg.training
-    tc = TrainConfig(epochs=b.epochs or t.epochs, batch_size=t.batch_size, lr=b.lr or t.lr,
-                     weight_decay=t.weight_decay, lr_schedule=t.lr_schedule, seed=cfg.seed, monitor_physical=False,
-                     progress=False, augment=_augment_spec(cfg), refit_readout=t.refit_readout, refit_l2=t.refit_l2,
-                     refit_readout_start=t.refit_readout_start, refit_readout_every=t.refit_readout_every,
-                     refit_every_max_iter=t.refit_every_max_iter, readout_lr=t.readout_lr)
+    tc = _train_config(cfg, epochs=b.epochs or t.epochs, lr=b.lr or t.lr, monitor_physical=False, progress=False)
     res = Trainer(model, task, "physical", tc).fit()
     out = {"kind": b.kind, "parameters": count_digital_parameters(model), "test_accuracy": res.test_accuracy,
            "train_seconds": res.train_seconds}
