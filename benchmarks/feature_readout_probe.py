@@ -24,9 +24,19 @@ weights, for each λ (L-BFGS, 1,000 iterations at most), on twin features and wi
 ``--augment '{"shift": 1, "rotate": 10, "scale": 0.1}' --copies K`` refits the network's readout on the twin features
 of the training images plus K randomly distorted copies of them (:class:`pnnkit.augment.RandomAffine`, seeded), for
 K = 1 … ``--copies`` (K = 0 is the plain refit): does more (distorted) data help the readout?
+``--assign`` asks whether the readout's fixed bin → class assignment (the pool's interleaved order) limits it: the
+per-bin readout (logit_c = b_c + Σ_{j → c} w_j z_j on standardised features z, λ = 1e-6) fitted for four
+assignments of the bins to the classes, each class getting ⌈bins/10⌉ at most: the interleaved order, a seeded
+random one, and two chosen on the training features (each bin to the class it separates best by |d′| = |mean in
+the class − mean outside| / std, and by the weight of a dense probe), greedily from the largest score.
+``--repeat`` (with ``--lab``) measures the training and evaluation images on the lab a second time: the refit on
+the first pass scored on each pass and on their mean, the refit on the mean of both passes, and the bins'
+measurement noise (std of the pass difference / √2) against their spread over the images — how much does
+measurement noise cost, and would averaging repeated measurements help?
 
 Usage: PNNKIT_DATA_DIR=... .venv/bin/python benchmarks/feature_readout_probe.py RUN_DIR [--method in_silico]
-       [--refit [--lab [--workers 2]] [--l2 0] [--initial] [--ridge L1,L2,...] [--augment JSON --copies K]]
+       [--refit [--lab [--workers 2] [--repeat]] [--l2 0] [--initial] [--ridge L1,L2,...] [--augment JSON --copies K]
+       [--assign]]
 """
 
 from __future__ import annotations
@@ -45,20 +55,26 @@ from pnnkit.layers import init_from_data, set_mode, using_mode
 from pnnkit.training import augmentation, refit_readout, split_readout
 
 
-def _logistic(ftr: torch.Tensor, ytr: torch.Tensor, fte: torch.Tensor, yte: torch.Tensor) -> tuple[float, float]:
-    mu, sd = ftr.mean(0), ftr.std(0) + 1e-6
-    ftr, fte = (ftr - mu) / sd, (fte - mu) / sd
+def _dense(z: torch.Tensor, y: torch.Tensor) -> torch.nn.Linear:
+    """A dense multinomial logistic regression on ``z`` (seeded, L-BFGS, L2 1e-4 on the weights)."""
     torch.manual_seed(0)
-    lin = torch.nn.Linear(ftr.shape[1], int(ytr.max()) + 1)
+    lin = torch.nn.Linear(z.shape[1], int(y.max()) + 1)
     opt = torch.optim.LBFGS(lin.parameters(), lr=1, max_iter=300, history_size=20, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(lin(ftr), ytr) + 1e-4 * lin.weight.square().sum()
+        loss = torch.nn.functional.cross_entropy(lin(z), y) + 1e-4 * lin.weight.square().sum()
         loss.backward()
         return loss
 
     opt.step(closure)
+    return lin
+
+
+def _logistic(ftr: torch.Tensor, ytr: torch.Tensor, fte: torch.Tensor, yte: torch.Tensor) -> tuple[float, float]:
+    mu, sd = ftr.mean(0), ftr.std(0) + 1e-6
+    ftr, fte = (ftr - mu) / sd, (fte - mu) / sd
+    lin = _dense(ftr, ytr)
     with torch.no_grad():
         return float((lin(ftr).argmax(1) == ytr).float().mean()), float((lin(fte).argmax(1) == yte).float().mean())
 
@@ -75,7 +91,11 @@ def main() -> None:
     ap.add_argument("--ridge", default="", help="with --refit: comma-separated λ of a standardised ridge readout")
     ap.add_argument("--augment", default="", help='with --refit: RandomAffine settings, e.g. \'{"shift": 1}\'')
     ap.add_argument("--copies", type=int, default=1, help="with --augment: distorted copies of the training set")
+    ap.add_argument("--assign", action="store_true", help="with --refit: the per-bin readout for four bin → class assignments")
+    ap.add_argument("--repeat", action="store_true", help="with --refit --lab: measure a second time (noise cost)")
     args = ap.parse_args()
+    if args.repeat and not (args.refit and args.lab):
+        ap.error("--repeat needs --refit --lab")
     torch.set_num_threads(1)
     cfg, task, lab, model = rebuild_run(args.run_dir, args.workers)
     set_mode(model, "in_silico")
@@ -106,14 +126,20 @@ def main() -> None:
     if args.refit:
         ridge = [float(v) for v in args.ridge.split(",") if v]
         aug = augmentation(json.loads(args.augment), task) if args.augment else None
-        _refits(model, (xtr, ytr, xte, yte), args.lab, args.l2, ridge, aug, args.copies)
+        _refits(model, (xtr, ytr, xte, yte), args.lab, args.l2, ridge, aug, args.copies, args.assign,
+                args.repeat)
 
 
-def _ridge(readout: torch.nn.Module, ftr: torch.Tensor, ytr: torch.Tensor, fte: torch.Tensor, yte: torch.Tensor,
+def _pattern(readout: torch.nn.Module, f: torch.Tensor) -> torch.Tensor:
+    """The readout's sparsity pattern: (features, classes), 1 where feature j reaches class c."""
+    jac = torch.autograd.functional.jacobian(lambda v: readout(v[None])[0], f)  # (classes, features)
+    return (jac != 0).float().T.contiguous()
+
+
+def _ridge(mask: torch.Tensor, ftr: torch.Tensor, ytr: torch.Tensor, fte: torch.Tensor, yte: torch.Tensor,
            lam: float) -> tuple[float, float]:
-    """Train / eval accuracy of the readout's sparsity pattern fitted on standardised features with λ·Σw²."""
-    jac = torch.autograd.functional.jacobian(lambda f: readout(f[None])[0], ftr.mean(0))  # (classes, features)
-    mask = (jac != 0).float().T.contiguous()  # (features, classes)
+    """Train / eval accuracy of the linear map with sparsity pattern ``mask`` (features, classes) fitted on
+    standardised features with λ·Σw²."""
     mu, sd = ftr.mean(0), ftr.std(0) + 1e-8
     ztr, zte = (ftr - mu) / sd, (fte - mu) / sd
     w = torch.zeros_like(mask, requires_grad=True)
@@ -133,7 +159,7 @@ def _ridge(readout: torch.nn.Module, ftr: torch.Tensor, ytr: torch.Tensor, fte: 
 
 
 def _refits(model: torch.nn.Module, data: tuple[torch.Tensor, ...], lab: bool, l2: float, ridge: list[float],
-            aug: RandomAffine | None, copies: int) -> None:
+            aug: RandomAffine | None, copies: int, assign: bool = False, repeat: bool = False) -> None:
     """The network's readout refitted on twin (and lab) features of the training set, scored on both."""
     xtr, ytr, xte, yte = data
     body, readout = split_readout(model)
@@ -164,7 +190,7 @@ def _refits(model: torch.nn.Module, data: tuple[torch.Tensor, ...], lab: bool, l
         print(f"readout refit on {src} features      train {info['train_accuracy_after']:.4f}  {score(r)}  (l2 {l2})")
     for src, (ftr, fte) in feats.items():
         for lam in ridge:
-            a = _ridge(readout, ftr, ytr, fte, yte, lam)
+            a = _ridge(_pattern(readout, ftr.mean(0)), ftr, ytr, fte, yte, lam)
             print(f"standardised ridge readout on {src} features, λ {lam:g}: train {a[0]:.4f}  eval on {src} {a[1]:.4f}")
     if aug is not None:
         g = torch.Generator().manual_seed(1)
@@ -175,6 +201,56 @@ def _refits(model: torch.nn.Module, data: tuple[torch.Tensor, ...], lab: bool, l
             info = refit_readout(torch.nn.Sequential(*r), torch.cat([ftr, *extra[:k]]), torch.cat([ytr] * (k + 1)),
                                  "physical", l2)
             print(f"readout refit on twin features + {k} distorted copies  {score(r)}  ({aug})")
+    if assign:
+        classes = int(ytr.max()) + 1
+        for src, (ftr, fte) in feats.items():
+            for name, a in _assignments(ftr, ytr, classes).items():
+                mask = torch.nn.functional.one_hot(a, classes).float()
+                tr, ev = _ridge(mask, ftr, ytr, fte, yte, 1e-6)
+                print(f"per-bin readout, {name:27s} assignment, on {src} features: train {tr:.4f}  eval on {src} {ev:.4f}")
+    if repeat:
+        ftr1, fte1 = feats["lab"]
+        ftr2, fte2 = features(xtr, "physical"), features(xte, "physical")
+
+        @torch.no_grad()
+        def acc(r: torch.nn.Module, f: torch.Tensor) -> float:
+            return float((r(f).argmax(1) == yte).float().mean())
+
+        for name, ftr in (("pass 1", ftr1), ("the mean of passes 1 and 2", (ftr1 + ftr2) / 2)):
+            r = copy.deepcopy(readout)
+            refit_readout(torch.nn.Sequential(*r), ftr, ytr, "physical", l2)
+            print(f"readout refit on lab {name:26s}: eval on pass 1 {acc(r, fte1):.4f}  pass 2 {acc(r, fte2):.4f}  "
+                  f"their mean {acc(r, (fte1 + fte2) / 2):.4f}")
+        noise = (ftr1 - ftr2).std(0) / 2**0.5
+        print(f"lab measurement noise per bin (median over bins) {float(noise.median()):.3g}; spread of the bins over the "
+              f"training images (median std) {float(ftr1.std(0).median()):.3g}")
+
+
+def _assignments(f: torch.Tensor, y: torch.Tensor, classes: int) -> dict[str, torch.Tensor]:
+    """Bin → class assignments (one class per bin, at most ⌈bins/classes⌉ bins per class)."""
+    n = f.shape[1]
+    sd = f.std(0) + 1e-9
+    dprime = torch.stack([(f[y == c].mean(0) - f[y != c].mean(0)) / sd for c in range(classes)], 1)
+    w = _dense((f - f.mean(0)) / sd, y).weight.detach().T
+    return {
+        "interleaved (the network's)": torch.arange(n) % classes,
+        "random": torch.randperm(n, generator=torch.Generator().manual_seed(0)) % classes,
+        "by |d'|": _greedy(dprime.abs(), -(-n // classes)),
+        "by dense-probe weight": _greedy((w - w.mean(1, keepdim=True)).abs(), -(-n // classes)),
+    }
+
+
+def _greedy(score: torch.Tensor, cap: int) -> torch.Tensor:
+    """Each feature to one class, highest (feature, class) score first, at most ``cap`` features per class."""
+    n, classes = score.shape
+    out = torch.full((n,), -1, dtype=torch.long)
+    count = [0] * classes
+    for idx in torch.argsort(score.flatten(), descending=True).tolist():
+        j, c = divmod(idx, classes)
+        if out[j] < 0 and count[c] < cap:
+            out[j] = c
+            count[c] += 1
+    return out
 
 
 if __name__ == "__main__":
