@@ -29,7 +29,7 @@ per-bin readout (logit_c = b_c + Σ_{j → c} w_j z_j on standardised features z
 assignments of the bins to the classes, each class getting ⌈bins/10⌉ at most: the interleaved order, a seeded
 random one, and two chosen on the training features (each bin to the class it separates best by |d′| = |mean in
 the class − mean outside| / std, and by the weight of a dense probe), greedily from the largest score.
-``--repeat`` (with ``--lab``) measures the training and evaluation images on the lab a second time: the refit on
+``--repeat`` (with ``--refit --lab``) measures the training and evaluation images on the lab a second time: the refit on
 the first pass scored on each pass and on their mean, the refit on the mean of both passes, and the bins'
 measurement noise (std of the pass difference / √2) against their spread over the images — how much does
 measurement noise cost, and would averaging repeated measurements help?
