@@ -102,3 +102,34 @@ def test_demo_preset_and_every_example_config_validate():
     assert examples, "examples/ must hold the experiment configs"
     for path in examples:
         load_config(path)
+
+
+def test_set_overrides_reach_the_run_and_its_recorded_config(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "o"
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(out), "--set", "training.epochs=1",
+                              "--set", "methods=[in_silico]", "--set", "task.options.test_size=300"])
+    assert res.exit_code == 0, res.output
+    r = json.loads((out / "results.json").read_text())
+    assert set(r["methods"]) == {"in_silico"}
+    rec = json.loads((out / "config.json").read_text())
+    assert rec["training"]["epochs"] == 1 and rec["task"]["options"]["test_size"] == 300
+    assert len((out / "in_silico" / "log.csv").read_text().strip().splitlines()) == 1 + 1  # header + 1 epoch
+    assert yaml.safe_load(cfg.read_text()) == TINY  # the file on disk is untouched
+
+
+def test_set_errors_are_one_line(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    for item, msg in [("training.epochs", "--set expects KEY=VALUE"),
+                      ("training..epochs=3", "--set expects KEY=VALUE"),
+                      ("training.traning_epochs=3", "unknown key 'training.traning_epochs'"),
+                      ("training.epochs=-1", "training.epochs"),
+                      ("name.x=1", "name is 'tiny', not a mapping or list"),
+                      ("network.stem.3.out=4", "network.stem is a list of 1, so '3' is not an index"),
+                      ("methods=[pat", "the value is not valid YAML")]:
+        res = runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "o"), "--set", item])
+        assert res.exit_code == 2, (item, res.output)
+        assert msg in res.output, (item, res.output)
+        assert "Traceback" not in res.output

@@ -28,6 +28,14 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
+#: ``--set KEY=VALUE`` (repeatable): override a config entry, e.g. ``--set training.epochs=3``
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", metavar="KEY=VALUE",
+                 help="override a config entry (dotted key, YAML value; repeatable), e.g. --set training.epochs=3"),
+]
+
+
 def demo_config_text() -> str:
     return resources.files("pnnkit").joinpath("presets/demo.yaml").read_text()
 
@@ -76,13 +84,14 @@ def run(
     config: Annotated[Path, typer.Argument(help="experiment YAML")],
     out: Annotated[Path, typer.Option(help="output directory")],
     resume: Annotated[bool, typer.Option(help="resume each method from its checkpoint in OUT")] = False,
+    set_: SetOption = None,
 ) -> None:
     """Run an experiment config: measure, fit the twin, train every method, evaluate on the lab."""
     from .config import load_config
     from .experiments import run_experiment
 
     try:
-        cfg = load_config(config)
+        cfg = load_config(config, set_ or ())
         results = run_experiment(cfg, out, progress=sys.stderr.isatty(), resume=resume)
     except PnnkitError as e:
         _fail(e)
@@ -94,13 +103,14 @@ def run(
 def twin_fit(
     config: Annotated[Path, typer.Argument(help="experiment YAML (its lab and twin sections are used)")],
     out: Annotated[Path, typer.Option(help="output directory for measurements and twin")],
+    set_: SetOption = None,
 ) -> None:
     """Measure the lab on a space-filling design, fit the twin, save HDF5 data + safetensors/JSON twin."""
     from .config import load_config
     from .experiments import build_lab, make_twin
 
     try:
-        cfg = load_config(config)
+        cfg = load_config(config, set_ or ())
         out.mkdir(parents=True, exist_ok=True)
         res = make_twin(build_lab(cfg.lab), cfg.twin, out, progress=sys.stderr.isatty())
     except PnnkitError as e:
@@ -132,6 +142,7 @@ def train(
     method: Annotated[str, typer.Option(help="pat | in_silico | exact")] = "pat",
     twin: Annotated[Optional[Path], typer.Option(help="saved twin to use instead of fitting one")] = None,
     resume: Annotated[bool, typer.Option(help="resume from OUT/METHOD/checkpoint")] = False,
+    set_: SetOption = None,
 ) -> None:
     """Train one method; saves OUT/METHOD/model.safetensors and OUT/METHOD/result.json."""
     from .config import load_config
@@ -139,7 +150,7 @@ def train(
     from .tasks import load_task
 
     try:
-        cfg = load_config(config)
+        cfg = load_config(config, set_ or ())
         if method not in ("pat", "in_silico", "exact"):
             raise PnnkitError(f"unknown method {method!r}; choose pat, in_silico or exact")
         if twin is not None:
@@ -164,6 +175,7 @@ def evaluate(
     config: Annotated[Path, typer.Argument(help="experiment YAML the weights were trained with")],
     weights: Annotated[Path, typer.Option(help="model.safetensors written by `pnnkit train`")],
     unit: Annotated[Optional[int], typer.Option(help="evaluate on another physical unit")] = None,
+    set_: SetOption = None,
 ) -> None:
     """Deploy trained weights on the lab (physical mode) and print the test accuracy."""
     from safetensors.torch import load_file
@@ -175,7 +187,7 @@ def evaluate(
     from .training import accuracy
 
     try:
-        cfg = load_config(config)
+        cfg = load_config(config, set_ or ())
         if unit is not None:
             cfg.lab.unit = unit
         if not weights.exists():

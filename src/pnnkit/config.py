@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -168,7 +170,58 @@ def validate_config(data: Any, source: str = "config") -> ExperimentConfig:
         raise ConfigError(f"{source}: " + "; ".join(msgs)) from None
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
+_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
+def _parse_value(text: str, item: str) -> Any:
+    """A ``--set`` value as YAML (``null``, ``[a, b]``, ``{k: v}``, ``true``), with ``1e-3`` read as a number."""
+    if _FLOAT.fullmatch(text.strip()):
+        return float(text)  # YAML 1.1 reads 1e-3 (no dot) as a string
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML: {str(e).splitlines()[0]}") from None
+
+
+def apply_overrides(data: Any, overrides: Sequence[str]) -> Any:
+    """Apply ``KEY=VALUE`` overrides to a parsed config mapping (a deep copy; the input is not changed).
+
+    ``KEY`` is a dotted path (``training.epochs``, ``task.options.validation``; an integer indexes a list:
+    ``network.layer.0.channels``). Missing mappings on the way are created; ``VALUE`` is parsed as YAML, so
+    ``methods=[in_silico]`` sets a list and ``digital_baseline=null`` clears a section. Unknown keys are reported
+    when the result is validated.
+    """
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or any(not p for p in parts):
+            raise ConfigError(f"--set expects KEY=VALUE with a dotted KEY (e.g. training.epochs=3), got {item!r}")
+        if not isinstance(data, dict):
+            raise ConfigError(f"--set {item!r}: the config is not a mapping")
+        cur: Any = data
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            where = ".".join(parts[:i]) or "the config"
+            if isinstance(cur, list):
+                if not part.lstrip("-").isdigit() or not -len(cur) <= int(part) < len(cur):
+                    raise ConfigError(f"--set {item!r}: {where} is a list of {len(cur)}, so {part!r} is not an index")
+                idx: Any = int(part)
+            elif isinstance(cur, dict):
+                idx = part
+            else:
+                raise ConfigError(f"--set {item!r}: {where} is {cur!r}, not a mapping or list")
+            if last:
+                cur[idx] = _parse_value(text, item)
+            else:
+                if isinstance(cur, dict) and cur.get(idx) is None:
+                    cur[idx] = {}
+                cur = cur[idx]
+    return data
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read and validate an experiment YAML, after the ``KEY=VALUE`` ``overrides`` (:func:`apply_overrides`)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
@@ -176,4 +229,8 @@ def load_config(path: str | Path) -> ExperimentConfig:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    return validate_config(data, str(path))
+    source = str(path)
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source += " with --set " + ", ".join(overrides)
+    return validate_config(data, source)
