@@ -118,6 +118,18 @@ def test_set_overrides_reach_the_run_and_its_recorded_config(tmp_path):
     assert len((out / "in_silico" / "log.csv").read_text().strip().splitlines()) == 1 + 1  # header + 1 epoch
     assert yaml.safe_load(cfg.read_text()) == TINY  # the file on disk is untouched
 
+    # --resume continues OUT's checkpoints, so it refuses a config that differs from OUT/config.json
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(out), "--resume", "--set", "training.epochs=2",
+                              "--set", "methods=[in_silico]", "--set", "task.options.test_size=300"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "cannot resume" in res.output and "training.epochs" in res.output and "test_size" not in res.output
+    assert json.loads((out / "config.json").read_text()) == rec  # the record of the run is kept
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(out), "--resume", "--set", "training.epochs=1",
+                              "--set", "methods=[in_silico]", "--set", "task.options.test_size=300"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "results.json").read_text())["methods"]["in_silico"]["test_accuracy"] == \
+        r["methods"]["in_silico"]["test_accuracy"]
+
 
 def test_set_errors_are_one_line(tmp_path):
     cfg = tmp_path / "tiny.yaml"

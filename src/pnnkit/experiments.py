@@ -119,11 +119,37 @@ def versions() -> dict[str, str]:
     return {"pnnkit": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
+def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where two JSON-like trees differ (a key present in only one counts)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b), key=str)
+                for k in _differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".") or "the config"]
+
+
+def _check_resumed_config(cfg: ExperimentConfig, out: Path) -> None:
+    """``resume`` continues OUT's checkpoints, so the config must be the one OUT was started with."""
+    path = out / "config.json"
+    if not path.exists():
+        return
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot resume: {path} is unreadable ({e})") from None
+    diff = _differing_keys(before, json.loads(cfg.model_dump_json()))
+    if diff:
+        shown = ", ".join(diff[:5]) + (f" and {len(diff) - 5} more" if len(diff) > 5 else "")
+        raise ConfigError(f"cannot resume {out}: this config differs from the one it was started with ({path}) in "
+                          f"{shown}; use the same config and --set items, or a new --out")
+
+
 def run_experiment(
     cfg: ExperimentConfig, out_dir: str | Path, *, progress: bool = False, resume: bool = False
 ) -> dict[str, Any]:
     """Run every method of ``cfg``; write ``results.json``, logs, plots, the twin and its measurements."""
     out = Path(out_dir)
+    if resume:
+        _check_resumed_config(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(cfg.model_dump_json(indent=2))
     task = load_task(cfg.task.name, **cfg.task.options)
