@@ -204,7 +204,7 @@ def apply_overrides(data: Any, overrides: Sequence[str]) -> Any:
             last = i == len(parts) - 1
             where = ".".join(parts[:i]) or "the config"
             if isinstance(cur, list):
-                if not part.lstrip("-").isdigit() or not -len(cur) <= int(part) < len(cur):
+                if not re.fullmatch(r"-?\d+", part) or not -len(cur) <= int(part) < len(cur):
                     raise ConfigError(f"--set {item!r}: {where} is a list of {len(cur)}, so {part!r} is not an index")
                 idx: Any = int(part)
             elif isinstance(cur, dict):
