@@ -145,3 +145,10 @@ def test_set_errors_are_one_line(tmp_path):
         assert res.exit_code == 2, (item, res.output)
         assert msg in res.output, (item, res.output)
         assert "Traceback" not in res.output
+
+
+def test_demo_takes_set_and_names_a_bad_key(tmp_path):
+    res = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--set", "training.epoch=1"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "demo with --set training.epoch=1: unknown key 'training.epoch' (did you mean 'epochs'?)" in res.output
+    assert not (tmp_path / "d").exists()  # nothing ran

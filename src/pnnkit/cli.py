@@ -58,9 +58,10 @@ def demo(
     out: Annotated[Path, typer.Option(help="output directory")] = Path("demo-out"),
     show_config: Annotated[bool, typer.Option(help="print the embedded config and exit")] = False,
     epochs: Annotated[Optional[int], typer.Option(help="override training epochs (quick runs)")] = None,
+    set_: SetOption = None,
 ) -> None:
     """The main job: digits on a two-layer oscillator PNN, PAT vs in-silico, evaluated on the lab."""
-    from .config import validate_config
+    from .config import apply_overrides, validate_config
     from .experiments import run_experiment
 
     text = demo_config_text()
@@ -71,7 +72,8 @@ def demo(
         data = yaml.safe_load(text)
         if epochs is not None:
             data["training"]["epochs"] = epochs
-        cfg = validate_config(data, "demo")
+        data = apply_overrides(data, set_ or ())
+        cfg = validate_config(data, "demo" + (" with --set " + ", ".join(set_) if set_ else ""))
         results = run_experiment(cfg, out, progress=sys.stderr.isatty())
     except PnnkitError as e:
         _fail(e)
