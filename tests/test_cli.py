@@ -137,7 +137,7 @@ def test_set_errors_are_one_line(tmp_path):
     for item, msg in [("training.epochs", "--set expects KEY=VALUE"),
                       ("training..epochs=3", "--set expects KEY=VALUE"),
                       ("training.traning_epochs=3", "unknown key 'training.traning_epochs'"),
-                      ("training.epochs=-1", "training.epochs"),
+                      ("training.epochs=-1", "training.epochs: Input should be greater than 0"),
                       ("name.x=1", "name is 'tiny', not a mapping or list"),
                       ("network.stem.3.out=4", "network.stem is a list of 1, so '3' is not an index"),
                       ("methods=[pat", "the value is not valid YAML")]:

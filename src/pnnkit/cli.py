@@ -61,7 +61,7 @@ def demo(
     set_: SetOption = None,
 ) -> None:
     """The main job: digits on a two-layer oscillator PNN, PAT vs in-silico, evaluated on the lab."""
-    from .config import apply_overrides, validate_config
+    from .config import validate_config
     from .experiments import run_experiment
 
     text = demo_config_text()
@@ -72,8 +72,7 @@ def demo(
         data = yaml.safe_load(text)
         if epochs is not None:
             data["training"]["epochs"] = epochs
-        data = apply_overrides(data, set_ or ())
-        cfg = validate_config(data, "demo" + (" with --set " + ", ".join(set_) if set_ else ""))
+        cfg = validate_config(data, "demo", set_ or ())
         results = run_experiment(cfg, out, progress=sys.stderr.isatty())
     except PnnkitError as e:
         _fail(e)

@@ -150,8 +150,12 @@ def _fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(cur, "model_fields", {}))
 
 
-def validate_config(data: Any, source: str = "config") -> ExperimentConfig:
-    """Validate a parsed YAML mapping; raise :class:`ConfigError` naming the first bad key."""
+def validate_config(data: Any, source: str = "config", overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Validate a parsed YAML mapping, after the ``KEY=VALUE`` ``overrides`` (:func:`apply_overrides`); raise
+    :class:`ConfigError` naming the first bad key (and the overrides, if any)."""
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source += " with --set " + ", ".join(overrides)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     try:
@@ -229,8 +233,4 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    source = str(path)
-    if overrides:
-        data = apply_overrides(data, overrides)
-        source += " with --set " + ", ".join(overrides)
-    return validate_config(data, source)
+    return validate_config(data, str(path), overrides)

@@ -106,9 +106,7 @@ def rebuild_run(
     ``<method>/checkpoint.safetensors`` into it for the trained ones."""
     run_dir = Path(run_dir)
     raw = json.loads((run_dir / "config.json").read_text())
-    if workers is not None:
-        raw["lab"].setdefault("options", {})["workers"] = workers
-    cfg = validate_config(raw, str(run_dir))
+    cfg = validate_config(raw, str(run_dir), [] if workers is None else [f"lab.options.workers={workers}"])
     task = load_task(cfg.task.name, **cfg.task.options)
     lab = build_lab(cfg.lab)
     twin = DigitalTwin.load(cfg.twin.path or run_dir / "twin.safetensors", lab.spec).requires_grad_(False)
