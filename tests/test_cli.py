@@ -152,3 +152,30 @@ def test_demo_takes_set_and_names_a_bad_key(tmp_path):
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert "demo with --set training.epoch=1: unknown key 'training.epoch' (did you mean 'epochs'?)" in res.output
     assert not (tmp_path / "d").exists()  # nothing ran
+
+
+def test_train_resume_keeps_the_fitted_twin_and_refuses_a_changed_config(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "o"
+    base = ["train", str(cfg), "--out", str(out), "--method", "pat", "--set", "training.epochs=1"]
+    res = runner.invoke(app, base)
+    assert res.exit_code == 0, res.output
+    rec = json.loads((out / "pat" / "config.json").read_text())
+    assert rec["training"]["epochs"] == 1
+    twin_bytes = (out / "twin.safetensors").read_bytes()
+    first = json.loads((out / "pat" / "result.json").read_text())
+
+    # a different config is refused before anything is measured; the record stays
+    res = runner.invoke(app, [*base, "--resume", "--set", "training.lr=0.05"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "cannot resume" in res.output and "training.lr" in res.output
+    assert json.loads((out / "pat" / "config.json").read_text()) == rec
+
+    # the same config resumes on the twin fitted in OUT: no new twin measurements, the same twin file
+    res = runner.invoke(app, [*base, "--resume"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.glob("twin_measurements*")) == ["twin_measurements.h5"]
+    assert (out / "twin.safetensors").read_bytes() == twin_bytes
+    again = json.loads((out / "pat" / "result.json").read_text())
+    assert again["physical_queries"] == first["physical_queries"]  # finished run: nothing trained twice

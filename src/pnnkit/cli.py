@@ -147,7 +147,7 @@ def train(
 ) -> None:
     """Train one method; saves OUT/METHOD/model.safetensors and OUT/METHOD/result.json."""
     from .config import load_config
-    from .experiments import build_lab, make_twin, train_method
+    from .experiments import build_lab, make_twin, record_config, train_method, twin_to_use
     from .tasks import load_task
 
     try:
@@ -156,9 +156,10 @@ def train(
             raise PnnkitError(f"unknown method {method!r}; choose pat, in_silico or exact")
         if twin is not None:
             cfg.twin.path = str(twin)
+        record_config(cfg, out / method, resume)  # OUT/METHOD/config.json; --resume refuses a changed config
         task = load_task(cfg.task.name, **cfg.task.options)
         system = build_lab(cfg.lab)
-        tw = make_twin(system, cfg.twin, out) if method != "exact" else None
+        tw = make_twin(system, twin_to_use(cfg.twin, out, resume), out) if method != "exact" else None
         model, res = train_method(cfg, task, system, tw.twin if tw else None, method, out / method,
                                   sys.stderr.isatty(), resume)
     except PnnkitError as e:

@@ -141,23 +141,34 @@ def _check_resumed_config(cfg: ExperimentConfig, out: Path) -> None:
                           f"{shown}; use the same config and --set items, or a new --out")
 
 
+def record_config(cfg: ExperimentConfig, out: Path, resume: bool = False) -> None:
+    """Write ``out/config.json`` (the config as run); when resuming, first refuse a config that differs from the
+    one ``out`` was started with."""
+    if resume:
+        _check_resumed_config(cfg, out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(cfg.model_dump_json(indent=2))
+
+
+def twin_to_use(cfg: TwinConfig, out: Path, resume: bool) -> TwinConfig:
+    """When resuming into ``out``, continue with the twin already fitted there (``out/twin.safetensors``) rather
+    than measuring and fitting a new one; otherwise ``cfg`` as it is."""
+    if resume and (out / "twin.json").exists() and not cfg.path:
+        return cfg.model_copy(update={"path": str(out / "twin.safetensors")})
+    return cfg
+
+
 def run_experiment(
     cfg: ExperimentConfig, out_dir: str | Path, *, progress: bool = False, resume: bool = False
 ) -> dict[str, Any]:
     """Run every method of ``cfg``; write ``results.json``, logs, plots, the twin and its measurements."""
     out = Path(out_dir)
-    if resume:
-        _check_resumed_config(cfg, out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(cfg.model_dump_json(indent=2))
+    record_config(cfg, out, resume)
     task = load_task(cfg.task.name, **cfg.task.options)
     augmentation(_augment_spec(cfg), task)  # a bad training.augment fails here, before any device time is spent
     system = build_lab(cfg.lab)
     needs_twin = any(m in ("pat", "in_silico") for m in cfg.methods)
-    twin_cfg = cfg.twin
-    if resume and (out / "twin.json").exists() and not twin_cfg.path:  # continue with the twin already fitted
-        twin_cfg = twin_cfg.model_copy(update={"path": str(out / "twin.safetensors")})
-    tw = make_twin(system, twin_cfg, out, progress) if needs_twin else None
+    tw = make_twin(system, twin_to_use(cfg.twin, out, resume), out, progress) if needs_twin else None
     results: dict[str, Any] = {
         "task": task.name,
         "system": system.spec.name,
