@@ -69,7 +69,8 @@ def test_overhead_selects_labs_batches_and_depths(tmp_path):
     _check_contract(data, "overhead")
     assert [(r["lab"], r["batch"], r["depth"]) for r in data["rows"]] == [("shg", 16, 2)]
     r = data["rows"][0]
+    assert data["settings"]["min_rounds"] == 1  # --repeats reached the benchmark
     assert r["grads_identical"] and r["digital_ms"] > 0 and r["rounds"] >= 1
     assert "allocator" in data["settings"]
     bad = CliRunner().invoke(app, ["bench", "overhead", "--quick", "--lab", "nope"])
-    assert bad.exit_code != 0
+    assert bad.exit_code == 2 and "unknown lab(s) ['nope']" in bad.output and "Traceback" not in bad.output

@@ -56,7 +56,12 @@ def test_run_writes_results_in_the_schema(tiny_run):
     assert "physical test acc" in res.output
 
 
-def test_train_then_evaluate_on_same_and_other_unit(tiny_run):
+def test_train_then_evaluate_on_same_and_other_unit(tiny_run, monkeypatch):
+    import pnnkit.experiments as ex
+
+    built_units = []
+    build_lab = ex.build_lab
+    monkeypatch.setattr(ex, "build_lab", lambda lab_cfg: built_units.append(lab_cfg.unit) or build_lab(lab_cfg))
     d, cfg, _ = tiny_run
     twin = d / "out" / "twin.safetensors"
     res = runner.invoke(app, ["train", str(cfg), "--out", str(d / "t"), "--method", "pat", "--twin", str(twin)])
@@ -66,8 +71,10 @@ def test_train_then_evaluate_on_same_and_other_unit(tiny_run):
     res = runner.invoke(app, ["evaluate", str(cfg), "--weights", str(weights)])
     assert res.exit_code == 0 and "unit 0" in res.output
     assert abs(float(res.output.split(":")[-1]) - acc) < 0.05  # same unit, fresh measurement noise
+    assert built_units[-1] == 0
     res = runner.invoke(app, ["evaluate", str(cfg), "--weights", str(weights), "--unit", "7"])
     assert res.exit_code == 0 and "unit 7" in res.output
+    assert built_units[-1] == 7  # the weights were deployed on a lab built as unit 7
 
 
 def test_twin_fit_and_show(tiny_run):

@@ -46,7 +46,9 @@ def test_vowels_shg_tiny_run(tmp_path, shared_data):
     assert [row["scale"] for row in r["imperfection_sweep"]] == [0, 1]
     for row in r["imperfection_sweep"]:  # mean over the network seeds, with its spread and the per-seed values
         assert row["seeds"] == [0, 1] and len(row["pat_per_seed"]) == 2
-        assert row["pat"] == pytest.approx(sum(row["pat_per_seed"]) / 2) and row["pat_std"] >= 0
+        assert row["pat"] == pytest.approx(sum(row["pat_per_seed"]) / 2)
+        # each seed trains its own network (different initial weights and batches): here they end apart
+        assert row["pat_per_seed"][0] != row["pat_per_seed"][1] and row["pat_std"] > 0
     assert 0 <= r["digital_baseline"]["test_accuracy"] <= 1
     for f in ("confusion_pat.png", "confusion_in_silico.png", "imperfection_sweep.png", "twin_error_per_bin.png",
               "shg_spectra_pat.png", "shg_spectra_in_silico.png"):

@@ -48,12 +48,17 @@ def test_data_init_standardises_every_rescale_in_order_without_touching_the_devi
     q0 = lab.queries
     assert init_from_data(net, x) == 3
     assert lab.queries == q0  # in silico: only the twin was used
+    seen.clear()
+    with torch.no_grad():
+        net(x)  # the same batch through the initialised network (in silico: deterministic)
+    assert [(s, b) for s, b, _ in seen] == [(0.5, 0.2), (0.5, 0.2), (2.0, 0.0)]  # all three rescales, in order
     for scale, bias, out in seen:  # each rescale's output on the init batch: mean = bias, std = scale per feature
         std, mean = torch.std_mean(out, dim=0)
         assert torch.allclose(mean, torch.full_like(mean, bias), atol=1e-5)
         assert torch.allclose(std, torch.full_like(std, scale), rtol=1e-4)
     state = {k: v.clone() for k, v in net.state_dict().items()}
-    assert sum(k.endswith("initialised") for k in state) == 3
+    flags = [v for k, v in state.items() if k.endswith("initialised")]
+    assert len(flags) == 3 and all(bool(f) for f in flags)
     assert init_from_data(net, torch.randn(128, 64)) == 0  # already initialised: left alone
     assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 import torch
 
 from pnnkit import ConfigError, make_lab
@@ -90,7 +91,7 @@ def test_pixel_views_play_the_image_row_by_row_and_column_by_column():
     assert count_digital_parameters(net) == 0
     with pytest.raises(ConfigError, match="not a square image"):
         build_network(cfg, 8, 2, None, None)
-    with pytest.raises(Exception, match="views"):
+    with pytest.raises(ValidationError, match="Input should be 'rows', 'columns', 'hilbert' or 'hilbert_transposed'"):
         NetworkConfig(depth=0, stem=[{"type": "views", "views": ["diagonal"]}])
 
 

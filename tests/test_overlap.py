@@ -104,25 +104,26 @@ def test_trainer_keeps_a_layers_own_overlap_unless_told():
 
 
 def test_twin_runs_while_the_device_measures():
-    """The device waits until the twin has started (in another thread): only an overlapping path completes."""
-    twin_started = threading.Event()
+    """The twin and the device each wait for the other to be running (a barrier of two): a path that runs them one
+    after the other, in either order, breaks the barrier after its timeout and fails."""
+    both_running = threading.Barrier(2, timeout=10.0)
     seen = {}
 
     def twin(x, p):
         seen["twin_thread"] = threading.get_ident()
-        twin_started.set()
+        both_running.wait()
         return tanh_model(x, p)
 
     def device(x, p):
         seen["device_thread"] = threading.get_ident()
-        seen["concurrent"] = twin_started.wait(timeout=10.0)
+        both_running.wait()
         return tanh_model(x, p)
 
     system = FunctionSystem(device, tanh_spec(4))
     layer = PhysicalLayer(system, twin, overlap=True)
     x = torch.rand(5, 4) * 2 - 1
     layer(x).sum().backward()
-    assert seen["concurrent"] is True
+    assert not both_running.broken
     assert seen["twin_thread"] != seen["device_thread"]
     assert layer.theta["W"].grad is not None
 

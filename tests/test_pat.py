@@ -59,17 +59,18 @@ def test_pat_uses_twin_vjp_at_measured_inputs():
         model.zero_grad()
         x = x0.clone().requires_grad_(True)
         (model(x) * c).sum().backward()
-        return l1.theta["W"].grad.clone(), l1.theta["b"].grad.clone(), l2.theta["W"].grad.clone(), x.grad.clone()
+        return (l1.theta["W"].grad.clone(), l1.theta["b"].grad.clone(), l2.theta["W"].grad.clone(),
+                l2.theta["b"].grad.clone(), x.grad.clone())
 
     pat = grads("pat")
     # hand computation: measured forward, twin derivative at the measured points
     W1, b1, W2, b2 = (v.detach() for v in (l1.theta["W"], l1.theta["b"], l2.theta["W"], l2.theta["b"]))
     x1 = (1.1 * torch.tanh(x0 @ W1.T + b1) + 0.05 * torch.sin(3 * x0)).clamp(-1, 1)  # measured layer-1 output
     d2 = c * (1 - torch.tanh(x1 @ W2.T + b2) ** 2)  # twin VJP of layer 2 at the measured x1
-    gW2, gx1 = d2.T @ x1, d2 @ W2
+    gW2, gb2, gx1 = d2.T @ x1, d2.sum(0), d2 @ W2
     d1 = gx1 * (x1.abs() < 1) * (1 - torch.tanh(x0 @ W1.T + b1) ** 2)  # clamp gate, then twin VJP of layer 1
     gW1, gb1, gx0 = d1.T @ x0, d1.sum(0), d1 @ W1
-    for got, want in zip(pat, (gW1, gb1, gW2, gx0)):
+    for got, want in zip(pat, (gW1, gb1, gW2, gb2, gx0), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     insilico = grads("in_silico")
     exact = grads("exact")

@@ -168,7 +168,7 @@ def test_malformed_files(tmp_path) -> None:
 def test_missing_files_name_the_source(tmp_path, monkeypatch) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(DataError, match="MNIST"):
+    with pytest.raises(DataError, match=r"^no MNIST IDX files in .*empty.*t10k-images-idx3-ubyte\.gz"):
         load_task("mnist", data_dir=empty)
     with pytest.raises(DataError, match="does not exist"):
         load_task("mnist", data_dir=tmp_path / "nowhere")
@@ -177,7 +177,7 @@ def test_missing_files_name_the_source(tmp_path, monkeypatch) -> None:
         load_task("mnist")
     d = make_dir(tmp_path / "m")
     (d / "t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(DataError, match="labels"):
+    with pytest.raises(DataError, match="found t10k-images-idx3-ubyte.gz but not its labels file"):
         load_task("mnist", data_dir=d)
 
 

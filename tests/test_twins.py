@@ -86,10 +86,17 @@ def test_corrupt_or_mismatched_twin_files_give_clear_errors(lab4, tmp_path):
     path.with_suffix(".json").write_text("{not json")
     with pytest.raises(TwinError, match="not valid JSON"):
         DigitalTwin.load(path)
-    meta = {"format": "pnnkit.twin/1", "kind": "pickle", "sha256": "x"}
-    path.with_suffix(".json").write_text(json.dumps(meta))
-    with pytest.raises(TwinError, match="checksum"):
+    # a valid twin whose description names an unknown kind, or another format: each refused for what it is
+    path = twin.save(tmp_path / "u")
+    meta = json.loads(path.with_suffix(".json").read_text())
+    path.with_suffix(".json").write_text(json.dumps({**meta, "kind": "pickle"}))
+    with pytest.raises(TwinError, match="unknown twin kind 'pickle'"):
         DigitalTwin.load(path)
+    path.with_suffix(".json").write_text(json.dumps({**meta, "format": "pnnkit.twin/0"}))
+    with pytest.raises(TwinError, match="is not a pnnkit twin description"):
+        DigitalTwin.load(path)
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    assert DigitalTwin.load(path).kind == twin.kind  # the untouched description loads
 
 
 def test_missing_measurement_file_is_a_data_error(tmp_path):
