@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -74,3 +75,133 @@ def test_overhead_selects_labs_batches_and_depths(tmp_path):
     assert "allocator" in data["settings"]
     bad = CliRunner().invoke(app, ["bench", "overhead", "--quick", "--lab", "nope"])
     assert bad.exit_code == 2 and "unknown lab(s) ['nope']" in bad.output and "Traceback" not in bad.output
+
+
+# --- bad input: one-line errors (exit 2, no traceback) before anything runs; nothing measured is lost ------------
+def _error_line(output: str) -> str:
+    """The one line of typer's error panel that carries the message (the panel is as wide as the terminal, set
+    wide here so that a long path is not wrapped)."""
+    lines = [ln.strip("│ ") for ln in output.splitlines() if ln.startswith("│")]
+    assert len(lines) == 1, output  # one line, not a traceback
+    return lines[0]
+
+
+@pytest.fixture
+def no_run(monkeypatch):
+    """Make every benchmark's ``run`` fail loudly: a bad-input test must stop before anything is measured."""
+    import importlib
+
+    calls = []
+    for name in BENCHMARKS:
+        mod = importlib.import_module(f"pnnkit.bench.{name}")
+        monkeypatch.setattr(mod, "run", lambda *a, _n=name, **k: calls.append(_n) or pytest.fail(f"{_n} ran"))
+    return calls
+
+
+def _bad(args: list[str], no_run) -> str:
+    res = CliRunner(env={"COLUMNS": "1000"}).invoke(app, ["bench", *args])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and isinstance(res.exception, SystemExit)
+    assert no_run == []
+    return _error_line(res.output)
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_bench_out_that_is_a_directory_is_refused_before_running(name, tmp_path, no_run):
+    adir = tmp_path / "adir"
+    adir.mkdir()
+    msg = _bad([name, "--quick", "--out", str(adir)], no_run)
+    assert f"Invalid value for '--out': {adir} is a directory; give a file path, e.g. {adir / 'results.json'}" in msg
+    assert list(adir.iterdir()) == []
+
+
+def test_bench_out_below_a_file_or_in_an_unwritable_place_is_refused(tmp_path, no_run):
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    for out in (afile / "x.json", afile / "sub" / "x.json"):
+        msg = _bad(["latency", "--quick", "--out", str(out)], no_run)
+        assert f"cannot create {out}: {afile} is not a directory" in msg
+    assert afile.read_text() == "keep"
+    if Path("/proc/self").is_dir():  # a place no one can create files in, not even root
+        msg = _bad(["labs", "--quick", "--out", "/proc/pnnkit-bench.json"], no_run)
+        assert "cannot create /proc/pnnkit-bench.json: cannot write in /proc" in msg
+
+
+def test_bench_queries_refuses_an_out_whose_plot_path_is_unusable(tmp_path, no_run):
+    msg = _bad(["queries", "--quick", "--out", str(tmp_path / "r.png")], no_run)
+    assert "the plot is written to <out>.png, which would be the results file itself; give a .json path" in msg
+    (tmp_path / "q.png").mkdir()
+    msg = _bad(["queries", "--quick", "--out", str(tmp_path / "q.json")], no_run)
+    assert f"the plot goes beside the results, to {tmp_path / 'q.png'}, which is a directory" in msg
+    assert not (tmp_path / "q.json").exists() and not (tmp_path / "r.png").exists()
+
+
+@pytest.mark.parametrize("args", [["--batch", "0"], ["--batch", "-4"], ["--batch", "16", "--batch", "0"],
+                                  ["--depth", "0"], ["--depth", "-1"], ["--repeats", "0"]])
+def test_bench_overhead_sizes_must_be_positive(args, no_run):
+    msg = _bad(["overhead", "--quick", "--lab", "shg", *args], no_run)
+    assert f"Invalid value for '{args[-2]}': Input should be greater than or equal to 1" in msg
+
+
+def test_bench_overhead_unknown_lab_is_refused_before_running(no_run):
+    msg = _bad(["overhead", "--quick", "--lab", "shg", "--lab", "nope"], no_run)
+    assert "unknown lab(s) ['nope']; choose from ['oscillators', 'shg']" in msg
+
+
+def test_bench_overhead_measures_a_repeated_value_once(monkeypatch):
+    from pnnkit.bench import overhead
+
+    seen = {}
+
+    def fake_run(**kw):
+        seen.update(kw)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(overhead, "run", fake_run)
+    res = CliRunner().invoke(app, ["bench", "overhead", "--lab", "shg", "--lab", "shg", "--batch", "16", "--batch",
+                                   "8", "--batch", "16", "--depth", "2", "--depth", "2"])
+    assert res.exit_code == 0, res.output
+    assert (seen["labs"], seen["batches"], seen["depths"]) == (["shg"], [16, 8], [2])
+
+
+def _fake_result(name: str) -> dict:
+    from pnnkit.bench.common import goal, machine_info, result
+
+    return result(name, machine_info(1), [{"a": 1.5}], [goal("g", 1.0, 2.0, "<=")], settings={"x": 1})
+
+
+def test_bench_results_survive_an_out_that_cannot_be_written_at_the_end(tmp_path, monkeypatch):
+    import tempfile
+
+    from pnnkit.bench import latency
+
+    out = tmp_path / "r.json"
+    saved = tmp_path / "tmp"
+    saved.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(saved))
+
+    def run_then_block(**kw):  # the path was fine when checked, but is a directory by the time results are written
+        out.mkdir()
+        return _fake_result("latency")
+
+    monkeypatch.setattr(latency, "run", run_then_block)
+    res = CliRunner().invoke(app, ["bench", "latency", "--quick", "--out", str(out)])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "goals" in res.output  # the tables were printed first
+    [line] = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    [fallback] = list(saved.glob("pnnkit-bench-latency-*.json"))
+    assert line == f"error: could not write the results to {out} (Is a directory); the results were saved to {fallback} instead"
+    data = json.loads(fallback.read_text())  # everything the run returned
+    assert (data["benchmark"], data["rows"], data["settings"]) == ("latency", [{"a": 1.5}], {"x": 1})
+    assert list(out.iterdir()) == []
+
+
+def test_bench_queries_keeps_its_results_when_the_plot_cannot_be_written(tmp_path, monkeypatch):
+    from pnnkit.bench import queries
+
+    def fail(*a):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(queries, "_plot", fail)
+    why = queries.save_plot({}, {}, tmp_path / "q.png")
+    assert why == f"could not write the plot to {tmp_path / 'q.png'} (Permission denied)"

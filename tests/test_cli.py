@@ -70,7 +70,7 @@ def test_train_then_evaluate_on_same_and_other_unit(tiny_run, monkeypatch):
     acc = json.loads((d / "t" / "pat" / "result.json").read_text())["test_accuracy"]
     res = runner.invoke(app, ["evaluate", str(cfg), "--weights", str(weights)])
     assert res.exit_code == 0 and "unit 0" in res.output
-    assert abs(float(res.output.split(":")[-1]) - acc) < 0.05  # same unit, fresh measurement noise
+    assert abs(float(res.output.splitlines()[0].split(":")[-1]) - acc) < 0.05  # same unit, fresh measurement noise
     assert built_units[-1] == 0
     res = runner.invoke(app, ["evaluate", str(cfg), "--weights", str(weights), "--unit", "7"])
     assert res.exit_code == 0 and "unit 7" in res.output
@@ -186,3 +186,92 @@ def test_train_resume_keeps_the_fitted_twin_and_refuses_a_changed_config(tmp_pat
     assert (out / "twin.safetensors").read_bytes() == twin_bytes
     again = json.loads((out / "pat" / "result.json").read_text())
     assert again["physical_queries"] == first["physical_queries"]  # finished run: nothing trained twice
+
+
+def test_out_never_loses_an_earlier_run_and_bad_outs_are_refused(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "o"
+    quick = ["--set", "training.epochs=1", "--set", "methods=[in_silico]"]
+    # a network that does not fit the lab fails before anything is measured or written
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(out), *quick, "--set", "network.stem.0.out=5"])
+    assert res.exit_code == 2 and "incoming width 5 ≠ system input_dim 6" in res.output
+    assert not out.exists()
+    assert runner.invoke(app, ["run", str(cfg), "--out", str(out), *quick]).exit_code == 0
+    first = (out / "results.json").read_text()
+    # a fresh run into the same OUT keeps the earlier one under OUT.<time>, whole
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(out), *quick, "--set", "seed=1"])
+    assert res.exit_code == 0, res.output
+    kept = [p for p in tmp_path.glob("o.*") if p.is_dir()]
+    assert len(kept) == 1 and (kept[0] / "results.json").read_text() == first
+    assert f"kept as {kept[0]}" in res.output
+    assert json.loads((out / "config.json").read_text())["seed"] == 1
+    # refused with one line each: a file, a path under a file, a non-empty directory that is no run, and resuming
+    # a directory that holds no run
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("mine")
+    for args, msg in [(["--out", str(cfg)], "is a file, not a directory"),
+                      (["--out", str(cfg / "x")], "is a file, not a directory"),
+                      (["--out", str(junk)], "is not empty and holds no earlier pnnkit run"),
+                      (["--out", str(tmp_path / "none"), "--resume"], "nothing to resume in")]:
+        res = runner.invoke(app, ["run", str(cfg), *args, *quick])
+        assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (args, res.output)
+    assert (junk / "notes.txt").read_text() == "mine" and not (tmp_path / "none").exists()
+
+
+def test_error_text_is_printed_verbatim_not_as_markup(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "o"), "--set", "methods=[/foo]"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "methods=[/foo]" in res.output
+
+
+def test_evaluate_takes_a_runs_weights_keeps_its_measurements_and_names_bad_weights(tiny_run, tmp_path):
+    from pnnkit import MeasurementLog
+    from pnnkit.labs import make_lab
+
+    d, cfg, _ = tiny_run
+    r = json.loads((d / "out" / "results.json").read_text())
+    for weights in (d / "out" / "pat" / "model.safetensors", d / "out" / "pat" / "checkpoint.safetensors"):
+        res = runner.invoke(app, ["evaluate", str(cfg), "--weights", str(weights), "--log", str(tmp_path / "ev")])
+        assert res.exit_code == 0, res.output
+        assert abs(float(res.output.splitlines()[0].split(":")[-1]) - r["methods"]["pat"]["test_accuracy"]) < 0.05
+    # every measurement is kept: the 200 test samples through both physical layers, per evaluation
+    logs = sorted((tmp_path / "ev").glob("evaluate_unit0*.h5"))
+    assert len(logs) == 2  # the second evaluation kept the first's log under another name
+    lg = MeasurementLog(logs[0], make_lab("oscillators", n=6, steps=10).spec)
+    assert len(lg) == 2 * 200
+    lg.close()
+    # bad weights: one line each, naming the problem
+    trunc = tmp_path / "trunc.safetensors"
+    trunc.write_bytes((d / "out" / "pat" / "model.safetensors").read_bytes()[:100])
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**TINY, "network": {**TINY["network"], "stem": [{"type": "linear", "out": 6},
+                                                                                     {"type": "rescale"}]}}))
+    weights = str(d / "out" / "pat" / "model.safetensors")
+    for args, msg in [([str(cfg), "--weights", str(trunc)], "cannot read weights"),
+                      ([str(cfg), "--weights", str(tmp_path)], "is a directory"),
+                      ([str(cfg), "--weights", str(tmp_path / "nope.safetensors")], "weights file not found"),
+                      ([str(other), "--weights", weights], "do not fit this config's network: missing 1.bias, 1.scale")]:
+        res = runner.invoke(app, ["evaluate", *args, "--log", str(tmp_path / "bad")])
+        assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (args, res.output)
+
+
+def test_twin_commands_name_their_input_problems(tiny_run, tmp_path):
+    import subprocess
+    import sys
+
+    d, cfg, _ = tiny_run
+    twin = d / "out" / "twin.safetensors"
+    # a physics twin loads in a fresh interpreter, before its lab module was ever imported
+    code = f"from pnnkit.twins import DigitalTwin; print(DigitalTwin.load({str(twin)!r}).kind)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "oscillator_physics"
+    for path, msg in [(d / "out", "is a directory; give its twin.safetensors"),
+                      (d / "out" / "twin_measurements.h5", "is not a twin file")]:
+        res = runner.invoke(app, ["twin", "show", str(path)])
+        assert res.exit_code == 2 and msg in res.output, res.output
+    res = runner.invoke(app, ["twin", "fit", str(cfg), "--out", str(tmp_path / "tf"), "--set", f"twin.path={twin}"])
+    assert res.exit_code == 2 and "twin.path is set" in res.output and not (tmp_path / "tf").exists()

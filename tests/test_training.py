@@ -81,6 +81,26 @@ def test_every_training_measurement_is_logged(tmp_path):
     log.close()
 
 
+@pytest.mark.parametrize("mode", ["pat", "in_silico"])
+def test_every_device_call_of_a_method_is_logged_including_monitoring_and_the_final_evaluation(tmp_path, mode):
+    from pnnkit import MeasurementLog
+
+    task, model = _setup()
+    cfg = TrainConfig(epochs=2, batch_size=64, monitor_physical=True, monitor_every=2, progress=False)
+    res = Trainer(model, task, mode, cfg, tmp_path).fit()
+    assert res.eval_queries == 2 * 2 * 64  # the monitor after epoch 2 and the final evaluation, 2 layers each
+    log = MeasurementLog(tmp_path / "device_log.h5", model[1].system.spec)
+    assert len(log) == res.physical_queries + res.eval_queries
+    # the last 128 rows are the final evaluation: the test set into layer 1 (the trained digital input layer's
+    # output, within the device's input range), then into layer 2
+    m = log.to_measurements()
+    spec = model[1].system.spec
+    with torch.no_grad():
+        want = model[0](task.x_test).clamp(spec.input_low, spec.input_high)
+    torch.testing.assert_close(m.x[-128:-64], want)
+    log.close()
+
+
 def test_data_init_measures_on_the_device_once_and_counts_the_queries():
     cfg = TrainConfig(epochs=1, batch_size=64, lr=0.02, seed=0, monitor_physical=False, progress=False,
                       init_samples=100)
@@ -140,7 +160,8 @@ def test_readout_refit_in_pat_measures_the_training_set_once_and_logs_it(tmp_pat
     assert res.readout_refit is not None and res.readout_refit["device_queries"] == 2 * 256
     assert res.summary()["readout_refit"]["train_loss_after"] <= res.readout_refit["train_loss_before"]
     log = MeasurementLog(tmp_path / "device_log.h5", model[1].system.spec)
-    assert len(log) == res.physical_queries  # nothing measured is lost, the refit's measurements included
+    # nothing measured is lost: the refit's measurements included, then the final evaluation's
+    assert len(log) == res.physical_queries + res.eval_queries and res.eval_queries == 2 * 64
     log.close()
     # a resumed, finished run does not refit twice
     again = Trainer(model, task, "pat", cfg, tmp_path)
@@ -203,7 +224,7 @@ def test_readout_refit_every_epoch_fits_the_epochs_measured_features_without_ext
     assert res.summary()["readout_refits_epoch"] == res.readout_refits_epoch
     # what the first refit fitted: the second physical layer's *measured* outputs of epoch 1, in batch order
     log = MeasurementLog(tmp_path / "device_log.h5", model[1].system.spec)
-    y_log = log.to_measurements().y.reshape(3 * 2 * 256, -1)  # one row per call's sample
+    y_log = log.to_measurements().y.reshape(3 * 2 * 256 + 2 * 64, -1)  # one row per sample: training, then test
     log.close()
     measured = torch.cat([y_log[i + 64 : i + 128] for i in range(0, 2 * 256, 128)])  # layer 1, layer 2, per batch
     feats, labels, (l2, max_iter) = seen[0]
@@ -297,3 +318,13 @@ def test_readout_refit_names_what_it_cannot_do():
         refit_readout(nn.ModuleList(list(model)), x, y, "in_silico")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="no trainable digital parameters after the last physical layer"):
         refit_readout(model[:4], x, y, "in_silico")
+
+
+def test_resuming_a_checkpoint_of_another_network_is_a_one_line_error(tmp_path):
+    task, model = _setup()
+    cfg = TrainConfig(epochs=2, batch_size=64, monitor_physical=False, progress=False)
+    Trainer(model, task, "pat", cfg, tmp_path).train(stop_after=1)
+    lab = model[1].system
+    other = nn.Sequential(nn.Linear(64, 8), PhysicalLayer(lab, lab.ideal_twin()), nn.Linear(8, 10))
+    with pytest.raises(ConfigError, match=r"does not fit this network \(Missing key\(s\).*start a new run$"):
+        Trainer(other, task, "pat", cfg, tmp_path).train(resume=True)

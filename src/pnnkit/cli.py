@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -20,11 +19,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 twin_app = typer.Typer(no_args_is_help=True, help="Measure a system and fit / inspect digital twins.")
 app.add_typer(twin_app, name="twin")
 app.add_typer(bench_app, name="bench")
-console = Console()
+console = Console(soft_wrap=True)  # long lines stay whole in logs and pipes (tables still fit the width)
 
 
 def _fail(e: Exception) -> None:
-    console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    """Print ``e`` as one line (its text verbatim: never read as rich markup) and exit with status 2."""
+    from rich.text import Text
+
+    console.print(Text("error: ", style="bold red") + Text(str(e)), highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -61,7 +63,7 @@ def demo(
     set_: SetOption = None,
 ) -> None:
     """The main job: digits on a two-layer oscillator PNN, PAT vs in-silico, evaluated on the lab."""
-    from .config import validate_config
+    from .config import parse_yaml, validate_config
     from .experiments import run_experiment
 
     text = demo_config_text()
@@ -69,7 +71,7 @@ def demo(
         typer.echo(text)
         return
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text, "demo")
         if epochs is not None:
             data["training"]["epochs"] = epochs
         cfg = validate_config(data, "demo", set_ or ())
@@ -112,6 +114,9 @@ def twin_fit(
 
     try:
         cfg = load_config(config, set_ or ())
+        if cfg.twin.path:
+            raise PnnkitError(f"twin.path is set ({cfg.twin.path}): `twin fit` measures the lab and fits a new twin; "
+                              "remove twin.path, or inspect that twin with `pnnkit twin show`")
         out.mkdir(parents=True, exist_ok=True)
         res = make_twin(build_lab(cfg.lab), cfg.twin, out, progress=sys.stderr.isatty())
     except PnnkitError as e:
@@ -127,6 +132,11 @@ def twin_show(path: Annotated[Path, typer.Argument(help="twin .safetensors or .j
     from .twins import DigitalTwin
 
     try:
+        if path.is_dir():
+            raise PnnkitError(f"{path} is a directory; give its twin.safetensors or twin.json")
+        if path.suffix not in (".safetensors", ".json"):
+            raise PnnkitError(f"{path} is not a twin file: `twin show` takes the .safetensors or .json that "
+                              "`twin fit` or `run` wrote")
         tw = DigitalTwin.load(path)
     except PnnkitError as e:
         _fail(e)
@@ -147,7 +157,8 @@ def train(
 ) -> None:
     """Train one method; saves OUT/METHOD/model.safetensors and OUT/METHOD/result.json."""
     from .config import load_config
-    from .experiments import build_lab, make_twin, record_config, train_method, twin_to_use
+    from .experiments import build_lab, make_twin, start_run, train_method, twin_to_use
+    from .networks import build_network
     from .tasks import load_task
 
     try:
@@ -156,17 +167,15 @@ def train(
             raise PnnkitError(f"unknown method {method!r}; choose pat, in_silico or exact")
         if twin is not None:
             cfg.twin.path = str(twin)
-        record_config(cfg, out / method, resume)  # OUT/METHOD/config.json; --resume refuses a changed config
         task = load_task(cfg.task.name, **cfg.task.options)
         system = build_lab(cfg.lab)
+        build_network(cfg.network, task.n_features, task.n_classes, system, None, seed=cfg.seed)  # fails early
+        start_run(cfg, out / method, resume)  # OUT/METHOD/config.json; --resume refuses a changed config
         tw = make_twin(system, twin_to_use(cfg.twin, out, resume), out) if method != "exact" else None
         model, res = train_method(cfg, task, system, tw.twin if tw else None, method, out / method,
                                   sys.stderr.isatty(), resume)
     except PnnkitError as e:
         _fail(e)
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / method / "model.safetensors"))
     (out / method / "result.json").write_text(json.dumps(res.summary(), indent=2))
     console.print(f"{method}: physical test accuracy {res.test_accuracy:.4f} "
                   f"({res.physical_queries} device queries, {res.train_seconds:.1f} s)")
@@ -175,36 +184,38 @@ def train(
 @app.command()
 def evaluate(
     config: Annotated[Path, typer.Argument(help="experiment YAML the weights were trained with")],
-    weights: Annotated[Path, typer.Option(help="model.safetensors written by `pnnkit train`")],
+    weights: Annotated[Path, typer.Option(help="METHOD/model.safetensors (or checkpoint.safetensors) of a run")],
     unit: Annotated[Optional[int], typer.Option(help="evaluate on another physical unit")] = None,
+    log: Annotated[Optional[Path],
+                   typer.Option(help="directory for the device log (default: beside the weights)")] = None,
     set_: SetOption = None,
 ) -> None:
-    """Deploy trained weights on the lab (physical mode) and print the test accuracy."""
-    from safetensors.torch import load_file
-
+    """Deploy trained weights on the lab (physical mode), print the test accuracy, and keep every measurement in
+    LOG/evaluate_unit<N>.h5."""
     from .config import load_config
-    from .experiments import build_lab
+    from .experiments import build_lab, load_weights
     from .networks import build_network
     from .tasks import load_task
-    from .training import accuracy
+    from .training import accuracy, attach_device_logs, detach_device_logs
 
     try:
         cfg = load_config(config, set_ or ())
         if unit is not None:
             cfg.lab.unit = unit
-        if not weights.exists():
-            raise PnnkitError(f"weights file not found: {weights}")
         task = load_task(cfg.task.name, **cfg.task.options)
         system = build_lab(cfg.lab)
         model = build_network(cfg.network, task.n_features, task.n_classes, system, None, seed=cfg.seed)
+        load_weights(model, weights)
+        log_dir = log if log is not None else weights.parent
+        logs = attach_device_logs(model, log_dir, fresh=True, name=f"evaluate_unit{cfg.lab.unit}")
         try:
-            model.load_state_dict(load_file(str(weights)))
-        except (RuntimeError, OSError) as e:
-            raise PnnkitError(f"weights {weights} do not fit this config's network: {str(e).splitlines()[0]}") from e
-        acc = accuracy(model, task.x_test, task.y_test, "physical")
+            acc = accuracy(model, task.x_test, task.y_test, "physical")
+        finally:
+            detach_device_logs(model, logs)
     except PnnkitError as e:
         _fail(e)
     console.print(f"physical test accuracy on {system.spec.name} unit {cfg.lab.unit}: {acc:.4f}")
+    console.print(f"device log: {logs[0].path if logs else 'none (no physical layer)'}", soft_wrap=True)
 
 
 @app.command("toy-gap")

@@ -5,11 +5,14 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+import types
+import typing
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from .errors import ConfigError
 from .networks import NetworkConfig
@@ -17,6 +20,15 @@ from .networks import NetworkConfig
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+SEED_LIMIT = 2**32
+"""Seeds (and lab units, which seed a unit's fixed defects) lie in ``[0, SEED_LIMIT)``: scikit-learn takes at most
+32-bit seeds (``seed`` → the cross-validation folds), and the labs and the trainer derive torch seeds from them by
+multiplying with up to ~10⁶ (``1_000_003 * (unit + 1)``, ``seed * 100_003 + …``), which must stay below 2⁶⁴."""
+
+Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT, description="0 ≤ seed < 2**32")]
+Width = Annotated[int, Field(ge=1, description="hidden layer width (≥ 1)")]
 
 
 class TaskConfig(_Strict):
@@ -30,8 +42,8 @@ class LabConfig(_Strict):
     """The physical system: a registered lab, its physical ``unit`` (fixed defects), noise ``seed``, options."""
 
     name: str = "oscillators"
-    unit: int = 0
-    seed: int = 0
+    unit: Seed = 0
+    seed: Seed = 0
     imperfection_scale: float = Field(1.0, ge=0)
     options: dict[str, Any] = {}
 
@@ -42,7 +54,8 @@ class TwinFitConfig(_Strict):
     epochs: int = Field(200, gt=0)
     lr: float = Field(2e-3, gt=0)
     batch_size: int = Field(512, gt=0)
-    val_fraction: float = Field(0.15, gt=0, lt=1)
+    val_fraction: float = Field(0.15, gt=0, le=0.5, description="share of the measurements held out for early "
+                                "stopping (at least one; the rest, at least two, train)")
     patience: int = Field(20, gt=0)
     weight_decay: float = Field(0.0, ge=0)
 
@@ -55,15 +68,31 @@ class TwinConfig(_Strict):
     """
 
     kind: Literal["mlp", "physics"] = "mlp"
-    hidden: list[int] = [256, 256]
+    hidden: list[Width] = [256, 256]
     activation: Literal["silu", "tanh", "gelu"] = "silu"
     samples: int = Field(20000, ge=2)
     inputs_per_setting: int = Field(64, gt=0)
     design: Literal["sobol", "lhs", "random"] = "sobol"
     repeats: int = Field(2, ge=1)
-    seed: int = 0
+    seed: Seed = 0
     fit: TwinFitConfig = TwinFitConfig()
     path: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent_sizes(self) -> "TwinConfig":
+        if self.path:  # a saved twin is loaded; nothing is measured or fitted
+            return self
+        if self.inputs_per_setting > self.samples:
+            raise ValueError(
+                f"inputs_per_setting ({self.inputs_per_setting}) is larger than samples ({self.samples}): samples is "
+                f"the total number of measurements and inputs_per_setting how many of them share one setting of θ "
+                f"(ceil(samples / inputs_per_setting) settings are measured), so it cannot exceed samples")
+        n_val = max(1, int(round(self.fit.val_fraction * self.samples)))  # as pnnkit.twins.fit_twin splits
+        if self.samples - n_val < 2:
+            raise ValueError(
+                f"samples ({self.samples}) with fit.val_fraction {self.fit.val_fraction} leaves "
+                f"{self.samples - n_val} measurement(s) to fit on after the {n_val} held out; need at least 2")
+        return self
 
 
 class AugmentConfig(_Strict):
@@ -88,7 +117,8 @@ class TrainingConfig(_Strict):
     monitor_physical: bool = True
     monitor_every: int = Field(1, ge=1, description="with monitor_physical: measure the test accuracy on the lab "
                                "after every monitor_every-th epoch and the last")
-    record_measurements: bool = Field(True, description="log every device call during training to HDF5")
+    record_measurements: bool = Field(True, description="log every device call of each method (training, "
+                                      "monitoring, readout refits, final evaluation) to HDF5")
     init_samples: int = Field(256, ge=2, description="training samples for rescale layers with init: data")
     augment: AugmentConfig | None = Field(None, description="training-batch augmentation (image tasks)")
     overlap: bool = Field(False, description="pat: twin forward pass in a thread while the device measures")
@@ -114,7 +144,7 @@ class DigitalBaselineConfig(_Strict):
     """
 
     kind: Literal["without_physical", "mlp", "logistic"] = "mlp"
-    hidden: list[int] = [32]
+    hidden: list[Width] = [32]
     epochs: int | None = Field(None, gt=0, description="default: training.epochs")
     lr: float | None = Field(None, gt=0, description="default: training.lr")
 
@@ -123,31 +153,82 @@ class ExperimentConfig(_Strict):
     """One experiment: task, lab, twin, network and training, run for each of ``methods``."""
 
     name: str = "experiment"
-    seed: int = 0
+    seed: Seed = 0
     task: TaskConfig = TaskConfig()
     lab: LabConfig = LabConfig()
     twin: TwinConfig = TwinConfig()
     network: NetworkConfig = NetworkConfig()
     training: TrainingConfig = TrainingConfig()
-    methods: list[Literal["pat", "in_silico", "exact"]] = ["pat", "in_silico"]
+    methods: list[Literal["pat", "in_silico", "exact"]] = Field(["pat", "in_silico"], min_length=1)
     cv_folds: int = Field(0, ge=0, description="k-fold cross-validation of every method (0: off)")
     digital_baseline: DigitalBaselineConfig | None = None
     depth_sweep: list[int] = Field([], description="network depths to train every method at (same lab and twin)")
     imperfection_sweep: list[float] = Field([], description="imperfection scales; the twin is refitted per scale")
-    sweep_seeds: list[int] = Field(
+    sweep_seeds: list[Seed] = Field(
         [], description="network seeds (initial weights, batch order) for every sweep point; rows report the mean "
         "over seeds, its std and the per-seed values ([]: the config's seed only)")
 
+    @field_validator("methods")
+    @classmethod
+    def _distinct_methods(cls, v: list[str]) -> list[str]:
+        dup = sorted({m for m in v if v.count(m) > 1})
+        if dup:
+            raise ValueError(f"each method may be listed once; listed more than once: {', '.join(map(repr, dup))}")
+        return v
 
-def _fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Valid keys at ``loc`` inside ``model`` (for 'did you mean')."""
-    cur: Any = model
-    for part in loc[:-1]:
-        f = getattr(cur, "model_fields", {}).get(part)
-        if f is None:
-            return []
-        cur = f.annotation
-    return list(getattr(cur, "model_fields", {}))
+
+def _members(tp: Any) -> tuple[list[Any], str | None]:
+    """``tp`` without ``Annotated``/``None``: its union members (one, if it is no union) and the union's
+    discriminator (if any)."""
+    disc = None
+    while typing.get_origin(tp) is Annotated:
+        tp, *meta = typing.get_args(tp)
+        disc = next((m.discriminator for m in meta if isinstance(m, FieldInfo) and m.discriminator), disc)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        members = [m for a in typing.get_args(tp) if a is not type(None) for m in _members(a)[0]]
+        return members, disc
+    return [tp], None
+
+
+def _tag_values(model: Any, disc: str) -> tuple[Any, ...]:
+    field = getattr(model, "model_fields", {}).get(disc)
+    return typing.get_args(field.annotation) if field is not None else ()
+
+
+def _user_loc(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, list[str]]:
+    """The dotted path the user wrote for pydantic's error ``loc`` inside ``model`` — without the union tags
+    pydantic inserts (``network.layer.0.physical.foo`` → ``network.layer.0.foo``) — and the valid keys of the
+    mapping that holds its last part (for 'did you mean')."""
+    path: list[str] = []
+    tp: Any = model
+    keys: list[str] = []
+    for i, part in enumerate(loc):
+        members, disc = _members(tp)
+        if len(members) > 1:  # pydantic names the union member it tried (the tag, or the class name)
+            match = [m for m in members
+                     if (part in _tag_values(m, disc) if disc else getattr(m, "__name__", None) == part)]
+            if len(match) == 1:
+                tp = match[0]
+                continue
+        tp = members[0] if len(members) == 1 else None
+        fields = getattr(tp, "model_fields", None)
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        keys = list(fields) if fields is not None else []
+        if fields is not None and part in fields:
+            tp = fields[part].annotation
+        elif origin in (list, tuple, set, frozenset) and isinstance(part, int) and args:
+            tp = args[0]
+        elif origin is dict and len(args) == 2:
+            tp = args[1]
+        else:
+            tp = None
+        path.append(str(part))
+        if tp is None:
+            path.extend(str(p) for p in loc[i + 1 :])
+            if i < len(loc) - 1:
+                keys = []
+            break
+    return ".".join(path), keys
 
 
 def validate_config(data: Any, source: str = "config", overrides: Sequence[str] = ()) -> ExperimentConfig:
@@ -163,15 +244,63 @@ def validate_config(data: Any, source: str = "config", overrides: Sequence[str] 
     except ValidationError as e:
         msgs = []
         for err in e.errors():
-            loc = ".".join(str(p) for p in err["loc"])
+            loc, keys = _user_loc(ExperimentConfig, tuple(err["loc"]))
             if err["type"] == "extra_forbidden":
-                key = str(err["loc"][-1])
-                near = difflib.get_close_matches(key, _fields(ExperimentConfig, tuple(err["loc"])), n=1)
+                near = difflib.get_close_matches(str(err["loc"][-1]), keys, n=1)
                 hint = f" (did you mean {near[0]!r}?)" if near else ""
                 msgs.append(f"unknown key {loc!r}{hint}")
             else:
-                msgs.append(f"{loc}: {err['msg']}")
-        raise ConfigError(f"{source}: " + "; ".join(msgs)) from None
+                msg = err["msg"].removeprefix("Value error, ")
+                msgs.append(f"{loc}: {msg}" if loc else msg)
+        raise ConfigError(_one_line(f"{source}: " + "; ".join(msgs))) from None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key given twice in one mapping (plain PyYAML keeps the last silently).
+    Keys merged in with ``<<: *anchor`` may still be overridden."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: SafeLoader itself reports it
+                    continue
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first at line {first.start_mark.line + 1})",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A PyYAML error as the end of a one-line message: `` at line L, column C: problem`` (1-based)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None)
+    if mark is not None and problem:
+        return f" at line {mark.line + 1}, column {mark.column + 1}: {_one_line(problem)}"
+    return ": " + _one_line((str(e).splitlines() or [type(e).__name__])[0])
+
+
+def parse_yaml(text: str, source: str = "config") -> Any:
+    """Parse YAML ``text`` like ``yaml.safe_load`` but rejecting duplicate keys; raise a one-line
+    :class:`ConfigError` (``source``, line, column, problem) if it is not valid YAML."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.reader.ReaderError as e:  # a control character (e.g. NUL): binary data decoded as UTF-8
+        char = f"#x{e.character:04x}" if isinstance(e.character, int) else repr(e.character)
+        raise ConfigError(f"{source} is not a text YAML file (control character {char} at position "
+                          f"{e.position})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML{_yaml_problem(e)}") from None
 
 
 _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
@@ -182,9 +311,9 @@ def _parse_value(text: str, item: str) -> Any:
     if _FLOAT.fullmatch(text.strip()):
         return float(text)  # YAML 1.1 reads 1e-3 (no dot) as a string
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
-        raise ConfigError(f"--set {item!r}: the value is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML{_yaml_problem(e)}") from None
 
 
 def apply_overrides(data: Any, overrides: Sequence[str]) -> Any:
@@ -229,8 +358,13 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a YAML config")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    return validate_config(data, str(path), overrides)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not a text YAML file (not UTF-8: byte 0x{e.object[e.start]:02x} at offset "
+                          f"{e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config: {e.strerror or e}") from None
+    return validate_config(parse_yaml(text, str(path)), str(path), overrides)

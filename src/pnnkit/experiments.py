@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 from . import __version__
 from .config import DigitalBaselineConfig, ExperimentConfig, LabConfig, TwinConfig, validate_config
 from .errors import ConfigError
 from .labs import make_lab
-from .measurements import MeasurementSet, acquire
+from .measurements import MeasurementSet, acquire, keep_existing
 from .networks import LinearBlock, NetworkConfig, ParallelBlock, PhysicalBlock, build_network, count_digital_parameters
 from .system import PhysicalSystem
 from .tasks import ClassificationTask, load_task
@@ -80,7 +82,42 @@ def train_method(
                        monitor_every=t.monitor_every, progress=progress, record_measurements=t.record_measurements,
                        init_samples=t.init_samples, overlap=t.overlap)
     trainer = Trainer(model, task, method, tc, out_dir)  # type: ignore[arg-type]
-    return model, trainer.fit(resume=resume)
+    result = trainer.fit(resume=resume)
+    if out_dir is not None:  # the trained weights, for `pnnkit evaluate --weights`
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "model.safetensors"))
+    return model, result
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load ``path`` into ``model``: a ``model.safetensors`` of a run or ``pnnkit train``, or a run's
+    ``checkpoint.safetensors`` (its ``model`` part). Errors name the file and what does not fit."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .checkpoint import load_checkpoint
+
+    if not path.exists():
+        raise ConfigError(f"weights file not found: {path}")
+    if path.is_dir():
+        raise ConfigError(f"weights {path} is a directory; give its model.safetensors or checkpoint.safetensors")
+    if path.stem == "checkpoint" and path.with_suffix(".json").exists():
+        state = load_checkpoint(path)["model"]
+    else:
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise ConfigError(f"cannot read weights {path} as safetensors: {e}") from None
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} ≠ {tuple(v.shape)}" for k, v in own.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    def some(label: str, items: list[str], sep: str = ", ", n: int = 4) -> list[str]:
+        return [f"{label} {sep.join(items[:n])}" + (" …" if len(items) > n else "")] if items else []
+
+    problems = some("missing", missing) + some("unexpected", unexpected) + some("shapes", shapes, "; ", 3)
+    if problems:
+        raise ConfigError(f"weights {path} do not fit this config's network: {'; '.join(problems)}")
+    model.load_state_dict(state)
 
 
 def _train_config(cfg: ExperimentConfig, **kw: Any) -> TrainConfig:
@@ -141,6 +178,26 @@ def _check_resumed_config(cfg: ExperimentConfig, out: Path) -> None:
                           f"{shown}; use the same config and --set items, or a new --out")
 
 
+def prepare_out(out: Path, resume: bool = False) -> Path | None:
+    """Make ``out`` ready for a run, never losing an earlier one. Resuming needs ``out/config.json`` (a run
+    started there). A fresh run into a directory holding an earlier run (``config.json``) first renames that run
+    to ``<out>.<its time>`` and returns the new name; a file, or a non-empty directory that holds no run, is
+    refused."""
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"output directory {out}: {existing} is a file, not a directory")
+    if resume:
+        if not (out / "config.json").exists():
+            raise ConfigError(f"nothing to resume in {out}: it holds no config.json of an earlier run")
+        return None
+    if (out / "config.json").exists():
+        return keep_existing(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"output directory {out} is not empty and holds no earlier pnnkit run; choose a new or "
+                          "empty directory")
+    return None
+
+
 def record_config(cfg: ExperimentConfig, out: Path, resume: bool = False) -> None:
     """Write ``out/config.json`` (the config as run); when resuming, first refuse a config that differs from the
     one ``out`` was started with."""
@@ -148,6 +205,16 @@ def record_config(cfg: ExperimentConfig, out: Path, resume: bool = False) -> Non
         _check_resumed_config(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(cfg.model_dump_json(indent=2))
+
+
+def start_run(cfg: ExperimentConfig, out: Path, resume: bool = False) -> None:
+    """Check a resumed config against ``out``'s, keep an earlier run in ``out`` (see :func:`prepare_out`, which
+    says so on stderr), then record the config. Call once the task, lab and network are known to build, so a
+    config that fails there leaves ``out`` untouched."""
+    kept = prepare_out(out, resume)
+    if kept is not None:
+        print(f"note: {out} held an earlier run; it is kept as {kept}", file=sys.stderr)
+    record_config(cfg, out, resume)
 
 
 def twin_to_use(cfg: TwinConfig, out: Path, resume: bool) -> TwinConfig:
@@ -163,10 +230,12 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Run every method of ``cfg``; write ``results.json``, logs, plots, the twin and its measurements."""
     out = Path(out_dir)
-    record_config(cfg, out, resume)
     task = load_task(cfg.task.name, **cfg.task.options)
     augmentation(_augment_spec(cfg), task)  # a bad training.augment fails here, before any device time is spent
     system = build_lab(cfg.lab)
+    n_digital = count_digital_parameters(  # the network builds on this task and lab: checked before anything runs
+        build_network(cfg.network, task.n_features, task.n_classes, system, None, seed=cfg.seed))
+    start_run(cfg, out, resume)
     needs_twin = any(m in ("pat", "in_silico") for m in cfg.methods)
     tw = make_twin(system, twin_to_use(cfg.twin, out, resume), out, progress) if needs_twin else None
     results: dict[str, Any] = {
@@ -201,9 +270,7 @@ def run_experiment(
         "n_train": len(task.x_train),
         "n_test": len(task.x_test),
         "split": task.meta.get("split"),  # how train/test were drawn (e.g. a validation hold-out), if the task says
-        "digital_parameters": count_digital_parameters(
-            build_network(cfg.network, task.n_features, task.n_classes, system, None, seed=cfg.seed)
-        ),
+        "digital_parameters": n_digital,
         "classes": task.classes,
     }
     twin = tw.twin if tw else None

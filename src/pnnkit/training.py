@@ -42,8 +42,9 @@ class TrainConfig:
         init_samples: training samples (a seeded random subset) for the data-dependent initialisation of
             ``ElementwiseRescale(init="data")`` layers at the start of a fresh run (in ``pat`` mode these are
             device queries, counted with the training queries).
-        record_measurements: with an ``out_dir``, append every device call made while training (inputs, θ,
-            measured outputs) to ``out_dir/device_log[_k].h5`` — nothing measured is lost.
+        record_measurements: with an ``out_dir``, append every device call of the method (training, monitoring,
+            readout refits and the final evaluation, in every mode; inputs, θ, measured outputs) to
+            ``out_dir/device_log[_k].h5`` — nothing measured is lost.
         augment: random affine distortion of each training batch, ``{"shift": px, "rotate": deg, "scale":
             fraction}`` (see :class:`pnnkit.augment.RandomAffine`); needs an image task (``task.meta["image_shape"]``).
             Test data and the data-dependent initialisation are never distorted.
@@ -282,6 +283,27 @@ class _FeatureRecorder:
         return torch.cat(self.feats), torch.cat(self.labels)
 
 
+def attach_device_logs(model: nn.Module, directory: Path, fresh: bool, name: str = "device_log") -> list[Any]:
+    """Append every call of each physical system in ``model`` to ``directory/<name>[_k].h5`` (k-th system) until
+    :func:`detach_device_logs`. ``fresh``: a new run, so an existing file is first kept under another name."""
+    from .measurements import MeasurementLog, keep_existing
+
+    logs = []
+    for k, s in enumerate(_systems(model)):
+        path = directory / f"{name}{'' if k == 0 else f'_{k}'}.h5"
+        if fresh:
+            keep_existing(path)
+        logs.append(MeasurementLog(path, s.spec))
+        s.attach_log(logs[-1])
+    return logs
+
+
+def detach_device_logs(model: nn.Module, logs: list[Any]) -> None:
+    for s, lg in zip(_systems(model), logs):
+        s.attach_log(None)
+        lg.close()
+
+
 class Trainer:
     """Train ``model`` on ``task`` in ``mode``; test accuracy is always measured on the physical system.
 
@@ -357,7 +379,12 @@ class Trainer:
     def load_state(self, st: dict[str, Any]) -> None:
         if st.get("mode") != self.mode:
             raise ConfigError(f"checkpoint was written in mode {st.get('mode')!r}, not {self.mode!r}")
-        self.model.load_state_dict(st["model"])
+        try:
+            self.model.load_state_dict(st["model"])
+        except RuntimeError as e:  # torch's message spans lines: keep it on one
+            detail = " ".join(line.strip() for line in str(e).splitlines()[1:])
+            raise ConfigError(f"the checkpoint in {self.out_dir} does not fit this network ({detail[:300]}); "
+                              "resume with the config it was started with, or start a new run") from None
         self.opt.load_state_dict(st["optimizer"])
         self.sched.load_state_dict({**self.sched.state_dict(), **st["scheduler"]})
         for s, ss in zip(_systems(self.model), st["systems"]):
@@ -397,16 +424,7 @@ class Trainer:
                 log.writeheader()
         n = len(task.x_train)
         steps = math.ceil(n / cfg.batch_size)
-        logs = []
-        if self.out_dir and cfg.record_measurements and self.mode != "in_silico":
-            from .measurements import MeasurementLog, keep_existing
-
-            for k, s in enumerate(_systems(model)):
-                path = self.out_dir / f"device_log{'' if k == 0 else f'_{k}'}.h5"
-                if self.epoch == 0:  # a fresh run: keep an older run's log under another name
-                    keep_existing(path)
-                logs.append(MeasurementLog(path, s.spec))
-                s.attach_log(logs[-1])
+        logs = self._attach_device_logs(fresh=self.epoch == 0)
         bar = None
         if cfg.progress:
             from tqdm import tqdm
@@ -499,15 +517,23 @@ class Trainer:
         finally:
             if recorder is not None:
                 recorder.handle.remove()  # idempotent: also after an interrupted epoch
-            for s, lg in zip(_systems(model), logs):
-                s.attach_log(None)
-                lg.close()
+            self._detach_device_logs(logs)
             if bar:
                 bar.close()
             if writer:
                 writer.close()
             if csv_file:
                 csv_file.close()
+
+    def _attach_device_logs(self, fresh: bool) -> list[Any]:
+        """With an ``out_dir`` and ``record_measurements``: every device call of the method (training, monitoring,
+        readout refits, the final evaluation; any mode) goes to ``device_log[_k].h5`` (:func:`attach_device_logs`)."""
+        if not (self.out_dir and self.cfg.record_measurements):
+            return []
+        return attach_device_logs(self.model, self.out_dir, fresh)
+
+    def _detach_device_logs(self, logs: list[Any]) -> None:
+        detach_device_logs(self.model, logs)
 
     def _refit(self, writer: Any, tag: str) -> dict[str, Any]:
         """:func:`refit_readout` on the whole training set in this trainer's mode; its time and device queries
@@ -524,7 +550,11 @@ class Trainer:
     def result(self) -> TrainResult:
         task, model = self.task, self.model
         q1 = _queries(model)
-        pred = predict(model, task.x_test, "physical")
+        logs = self._attach_device_logs(fresh=False)
+        try:
+            pred = predict(model, task.x_test, "physical")
+        finally:
+            self._detach_device_logs(logs)
         self.eval_queries += _queries(model) - q1
         acc = float((pred == task.y_test).float().mean())
         twin_acc = accuracy(model, task.x_test, task.y_test, "in_silico") if self.mode == "in_silico" else None

@@ -33,6 +33,17 @@ def twin_kinds() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _import_lab_twin_kinds() -> None:
+    """Physics twins are defined (and registered) in their lab modules, which load lazily: import them all, so a
+    saved twin of any built-in kind loads without its lab having been used first."""
+    import importlib
+
+    from .labs import _LAB_MODULES
+
+    for module in _LAB_MODULES.values():
+        importlib.import_module(module)
+
+
 def _flat_params(spec: SystemSpec, params: dict[str, Tensor], batch: int) -> Tensor:
     """Concatenate parameter blocks to ``(batch, n_params)`` (shared θ is broadcast over the batch)."""
     cols = []
@@ -100,6 +111,8 @@ class DigitalTwin(nn.Module):
         if hashlib.sha256(wpath.read_bytes()).hexdigest() != meta.get("sha256"):
             raise TwinError(f"twin weights {wpath} do not match the checksum in {jpath.name} (corrupt or replaced)")
         kind = meta.get("kind")
+        if kind not in _REGISTRY:
+            _import_lab_twin_kinds()
         if kind not in _REGISTRY:
             raise TwinError(f"unknown twin kind {kind!r} in {jpath}; known: {twin_kinds()}")
         try:

@@ -149,8 +149,9 @@ def _fmt(v: Any) -> str:
 
 
 def write_and_print(res: dict[str, Any], out: Path | None, columns: Sequence[str] | None = None,
-                    title: str | None = None) -> None:
-    """Write the JSON (if ``out``) and print the rows and goals as rich tables."""
+                    title: str | None = None) -> bool:
+    """Print the rows and goals as rich tables, then write the JSON (if ``out``; see :func:`save_results`).
+    Returns False when the JSON could not be written to ``out``."""
     from rich.console import Console
     from rich.table import Table
 
@@ -174,10 +175,38 @@ def write_and_print(res: dict[str, Any], out: Path | None, columns: Sequence[str
     console.print(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['torch_threads']} thread(s), "
                   f"load {m['load_average_start']}" + (f" — {m['load_note']}" if m.get("load_note") else ""))
     if out is not None:
-        out = Path(out)
+        return save_results(res, Path(out), console)
+    return True
+
+
+def save_results(res: dict[str, Any], out: Path, console: Any = None) -> bool:
+    """Write ``res`` as JSON to ``out``. If that fails (the path became a directory, the disk is full, …) the
+    results are not lost: they go to a fresh file in the temporary directory instead, and one line says where it
+    tried to write, why it failed and where the results are. Returns whether ``out`` itself was written."""
+    import tempfile
+
+    from rich.console import Console
+
+    console = console or Console()
+    text = json.dumps(res, indent=2, default=float)
+    try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2, default=float))
-        console.print(f"wrote {out}")
+        out.write_text(text)
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        try:
+            fd, fallback = tempfile.mkstemp(prefix=f"pnnkit-bench-{res.get('benchmark', 'results')}-", suffix=".json")
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            saved = f"the results were saved to {fallback} instead"
+        except OSError as e2:
+            saved = f"saving them to the temporary directory failed too ({e2.strerror or type(e2).__name__}); " \
+                    "the tables above hold the measured rows"
+        console.print(f"[bold red]error:[/] could not write the results to {out} ({why}); {saved}",
+                      highlight=False, soft_wrap=True)
+        return False
+    console.print(f"wrote {out}", highlight=False, soft_wrap=True)
+    return True
 
 
 def rss_bytes() -> int:

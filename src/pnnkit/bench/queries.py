@@ -360,10 +360,13 @@ def run(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
                                   lb / pat_q, 10.0, ">=",
                                   f"lower bound: no gradient-free method reached {t:.2f} within its budget "
                                   f"({lb} queries); PAT {pat_q}"))
-        plot = None
+        plot, plot_error = None, None
         if out is not None:
             plot = Path(out).with_suffix(".png")
-            _plot({m: curves[(m, float(best[m]["setting"].split("=")[1]))] for m in best}, best, plot)
+            plot_error = save_plot({m: curves[(m, float(best[m]["setting"].split("=")[1]))] for m in best}, best,
+                                   plot)
+            if plot_error:
+                plot = None
         return result("queries", machine, rows, goals, settings={
             "task": "sklearn digits pooled to 4x4, 1437 train / 360 test", "batch": BATCH, "targets": list(TARGETS),
             "network": "Rescale(16) -> oscillators n=16 (unit 0, default defects) -> Slice(0,10) -> Rescale(10); 188 numbers",
@@ -371,9 +374,20 @@ def run(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
             "eval": "test accuracy on a second instance of the same unit (uncounted), at checkpoints "
                     f"max({eval_every}, 10 % of the queries so far) apart",
             "seed": 0, "threads": 1,
-        }, curves={f"{m}@{v}": c for (m, v), c in curves.items()}, plot=str(plot) if plot else None)
+        }, curves={f"{m}@{v}": c for (m, v), c in curves.items()}, plot=str(plot) if plot else None,
+            **({"plot_error": plot_error} if plot_error else {}))
     finally:
         torch.set_num_threads(old)
+
+
+def save_plot(curves: dict[str, list[tuple[int, float]]], best: dict[str, dict[str, Any]], path: Path) -> str | None:
+    """Draw the accuracy-vs-queries plot to ``path``; a plot that cannot be written must not cost the measured
+    rows, so a failure comes back as a one-line reason (None when the plot was written)."""
+    try:
+        _plot(curves, best, path)
+    except OSError as e:
+        return f"could not write the plot to {path} ({e.strerror or type(e).__name__})"
+    return None
 
 
 def _plot(curves: dict[str, list[tuple[int, float]]], best: dict[str, dict[str, Any]], path: Path) -> None:
@@ -402,9 +416,11 @@ def _plot(curves: dict[str, list[tuple[int, float]]], best: dict[str, dict[str, 
     ax.set_title("4×4 digits on a 16-oscillator PNN: accuracy vs device queries")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 COLUMNS = ("method", "setting", "chosen", "budget", "queries_used", "final_accuracy", "best_accuracy",

@@ -6,7 +6,9 @@ itself with :func:`register_lab`.
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +36,7 @@ class VirtualLab(PhysicalSystem):
             self._count = int(state["count"])
 
 _LABS: dict[str, Callable[..., PhysicalSystem]] = {}
+_OPTIONS_OF: dict[str, Callable[..., Any]] = {}
 # Lab modules imported lazily on first use (heavy optional dependencies stay optional).
 _LAB_MODULES: dict[str, str] = {"oscillators": "pnnkit.labs.oscillators", "shg": "pnnkit.labs.shg", "circuit": "pnnkit.labs.circuit", "plate": "pnnkit.labs.plate"}
 
@@ -51,8 +54,13 @@ def resolve_imperfections(options: dict[str, Any], cls: type) -> Any:
     return (imp or cls()).scaled(scale)
 
 
-def register_lab(name: str, factory: Callable[..., PhysicalSystem], module: str | None = None) -> None:
+def register_lab(name: str, factory: Callable[..., PhysicalSystem], module: str | None = None,
+                 options_of: type | None = None) -> None:
+    """Register ``factory`` as lab ``name``. ``options_of``: the class whose constructor takes the lab's options
+    (plus ``imperfections`` and ``imperfection_scale``), so that a mistyped option is named before anything is
+    built; without it the factory's own signature is used."""
     _LABS[name] = factory
+    _OPTIONS_OF[name] = options_of or factory
     if module:
         _LAB_MODULES[name] = module
 
@@ -67,7 +75,28 @@ def make_lab(name: str, **options: Any) -> PhysicalSystem:
         importlib.import_module(_LAB_MODULES[name])
     if name not in _LABS:
         raise ConfigError(f"unknown lab {name!r}; available: {', '.join(lab_names())}")
+    factory = _LABS[name]
+    accepted = _option_names(_OPTIONS_OF.get(name, factory))
+    if accepted is not None and _OPTIONS_OF.get(name, factory) is not factory:
+        accepted |= {"imperfections", "imperfection_scale"}
+    unknown = sorted(set(options) - accepted) if accepted is not None else []
+    if unknown:
+        hint = difflib.get_close_matches(unknown[0], sorted(accepted or ()), n=1)
+        raise ConfigError(f"lab {name!r} has no option {unknown[0]!r}"
+                          + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                          + f"; its options: {', '.join(sorted(accepted or ()))}")
     try:
-        return _LABS[name](**options)
+        return factory(**options)
     except TypeError as e:
         raise ConfigError(f"lab {name!r}: {e}") from e
+
+
+def _option_names(factory: Callable[..., Any]) -> set[str] | None:
+    """Keyword options ``factory`` accepts (None if it takes ``**kwargs`` or has no readable signature)."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}

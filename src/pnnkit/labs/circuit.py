@@ -1073,4 +1073,4 @@ def _make(**options: Any) -> CircuitLab:
     return CircuitLab(imperfections=imp, **options)
 
 
-register_lab("circuit", _make)
+register_lab("circuit", _make, options_of=CircuitLab)

@@ -192,4 +192,4 @@ def _make(**options: Any) -> CoupledOscillatorLab:
     return CoupledOscillatorLab(imperfections=imp, **options)
 
 
-register_lab("oscillators", _make)
+register_lab("oscillators", _make, options_of=CoupledOscillatorLab)

@@ -1002,4 +1002,4 @@ def _make(**options: Any) -> PlateLab:
 
 
 
-register_lab("plate", _make)
+register_lab("plate", _make, options_of=PlateLab)

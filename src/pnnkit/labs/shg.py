@@ -572,7 +572,7 @@ def _make(**options: Any) -> SHGLab:
     return SHGLab(imperfections=imp, **options)
 
 
-register_lab("shg", _make)
+register_lab("shg", _make, options_of=SHGLab)
 
 __all__ = [
     "CrystalDispersion", "SHGImperfections", "SHGLab", "SHGPhysicsTwin", "bbo_type1_dispersion",
