@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -101,3 +102,11 @@ def test_in_silico_never_calls_system_and_pat_calls_once_per_layer_per_batch():
         else:
             assert system.calls == 2 * steps
             assert trainer.train_queries == system.queries == 2 * 2 * 64
+
+
+def test_a_twin_of_another_interface_is_refused_when_the_layer_is_built():
+    from pnnkit.errors import ConfigError
+
+    lab4, lab5 = make_lab("oscillators", n=4), make_lab("oscillators", n=5)
+    with pytest.raises(ConfigError, match="the twin is for 'oscillators'.*differs from the system's"):
+        PhysicalLayer(lab4, lab5.ideal_twin())

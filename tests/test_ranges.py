@@ -88,7 +88,7 @@ def _bounds_system(lo: float, hi: float, dtype=torch.float32):
     return FunctionSystem(lambda x, p: x * p["w"], spec)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("lo,hi", [(0.7, 1.3), (0.0, 1.0), (-0.3, 0.1)])
 def test_values_clamped_to_a_bound_pass_the_guard(dtype, lo, hi):
     # bounds not representable in the dtype: a clamped value equals the bound rounded to the dtype, and the
@@ -135,3 +135,34 @@ def test_integer_inputs_and_empty_parameter_blocks_still_checked():
     assert system(torch.tensor([[0, 3]]), {"none": torch.zeros(0)}).tolist() == [[0.0, 3.0]]
     with pytest.raises(RangeError, match="input outside its hard range"):
         system(torch.tensor([[0, 4]]), {"none": torch.zeros(0)})
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_refused_because_it_rounds_past_the_bounds(dtype):
+    from pnnkit import ConfigError, PhysicalLayer, ShapeError
+
+    system = _bounds_system(0.2, 0.7)  # float16(0.7) = 0.7002 > 0.7: a clamp in half precision leaves the range
+    x = torch.full((2, 3), 0.7, dtype=torch.float64).to(dtype)
+    with pytest.raises(ShapeError, match=f"x is {dtype}; use float32 or float64"):
+        system(x, {"w": torch.full((3,), 0.5)})
+    with pytest.raises(ShapeError, match=f"parameter 'w' is {dtype}"):
+        system(torch.full((2, 3), 0.5), {"w": torch.full((3,), 0.5, dtype=dtype)})
+    with pytest.raises(ConfigError, match="use torch.float32 or torch.float64"):
+        PhysicalLayer(system, dtype=dtype)
+
+
+@pytest.mark.parametrize("lo,hi", [(-0.14, 4.7), (-0.3, 0.9), (0.2, 0.7)])
+def test_sigmoid_constraints_stay_inside_the_range_when_saturated(lo, hi):
+    from pnnkit import ParamSpec, PhysicalLayer, SystemSpec
+
+    seen = []
+    spec = SystemSpec("sat", 2, 2, lo, hi, (ParamSpec("w", (2,), lo, hi),))
+    system = FunctionSystem(lambda x, p: seen.append((x.clone(), p["w"].clone())) or x * 0 + p["w"].clamp(0, 0), spec)
+    layer = PhysicalLayer(system, input_constraint="sigmoid", param_constraint="sigmoid", mode="physical")
+    for u in (17.0, 40.0, -17.0, -40.0):  # σ(u) rounds to 1 or 0 in float32: lo + (hi − lo)·σ may round past
+        with torch.no_grad():
+            layer.theta["w"].fill_(u)
+            layer(torch.tensor([[u, -u], [1e9, -1e9]]))
+    for x, w in seen:
+        for v in (x, w):
+            assert float(v.double().min()) >= float(torch.tensor(lo)) and float(v.double().max()) <= float(torch.tensor(hi))

@@ -328,3 +328,39 @@ def test_resuming_a_checkpoint_of_another_network_is_a_one_line_error(tmp_path):
     other = nn.Sequential(nn.Linear(64, 8), PhysicalLayer(lab, lab.ideal_twin()), nn.Linear(8, 10))
     with pytest.raises(ConfigError, match=r"does not fit this network \(Missing key\(s\).*start a new run$"):
         Trainer(other, task, "pat", cfg, tmp_path).train(resume=True)
+
+
+def test_settings_and_tasks_that_mean_nothing_are_refused_before_any_measurement():
+    task, model = _setup()
+    lab = model[1].system
+    q0 = lab.queries
+    for kw, msg in [(dict(batch_size=0), "batch_size must be ≥ 1, got 0"), (dict(epochs=0), "epochs must be ≥ 1"),
+                    (dict(lr=-0.5), r"lr must be ≥ 0 \(0 freezes the network\), got -0.5"), (dict(physical_lr=-1.0), "physical_lr must be ≥ 0")]:
+        with pytest.raises(ConfigError, match=msg):
+            Trainer(model, task, "pat", TrainConfig(progress=False, **kw))
+    with pytest.raises(ConfigError, match="'physical' trains only networks without physical layers"):
+        Trainer(model, task, "physical", TrainConfig(progress=False))
+    bad = load_task("digits")
+    bad.y_test = bad.y_test.clone()
+    bad.y_test[0] = 10
+    with pytest.raises(ConfigError, match=r"test labels must lie in 0 … 9 \(10 classes\), got 0 … 10"):
+        Trainer(model, bad, "pat", TrainConfig(progress=False))
+    bad = load_task("digits")
+    bad.y_train = bad.y_train.float()
+    with pytest.raises(ConfigError, match="train labels must be integers"):
+        Trainer(model, bad, "pat", TrainConfig(progress=False))
+    bad = load_task("digits")
+    bad.x_train, bad.y_train = bad.x_train[:0], bad.y_train[:0]
+    with pytest.raises(ConfigError, match="the train set is empty"):
+        Trainer(model, bad, "pat", TrainConfig(progress=False))
+    assert lab.queries == q0
+
+
+def test_physical_lr_zero_freezes_theta_while_the_rest_trains():
+    task, model = _setup()
+    theta0 = {k: v.detach().clone() for k, v in model[1].theta.items()}
+    w0 = model[0].weight.detach().clone()
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.02, physical_lr=0.0, monitor_physical=False, progress=False)
+    Trainer(model, task, "pat", cfg).train()
+    assert all(torch.equal(v, theta0[k]) for k, v in model[1].theta.items())
+    assert not torch.equal(model[0].weight, w0)

@@ -115,3 +115,53 @@ def test_saving_measurements_never_replaces_earlier_data(data4, tmp_path):
     assert len(files) == 2 and "m.h5" in files
     sizes = sorted(len(MeasurementSet.load(tmp_path / f)) for f in files)
     assert sizes == [32, 64]
+
+
+def _flaky_system(fail_on_call: int, how: str):
+    """A 2-in/2-out device with one parameter that fails on its ``fail_on_call``-th call (NaN in one sample, or
+    an exception)."""
+    from pnnkit import FunctionSystem, ParamSpec, SystemSpec
+
+    calls = {"n": 0}
+
+    def device(x, p):
+        calls["n"] += 1
+        y = x * p["g"]
+        if calls["n"] == fail_on_call:
+            if how == "raise":
+                raise TimeoutError("instrument timed out")
+            y[1, 0] = float("nan")
+        return y
+
+    return FunctionSystem(device, SystemSpec("flaky", 2, 2, -1.0, 1.0, (ParamSpec("g", (1,), 0.5, 2.0),)))
+
+
+def test_a_failed_measurement_is_kept_in_the_log_and_readers_skip_it(tmp_path):
+    from pnnkit import DeviceError, MeasurementLog
+
+    system = _flaky_system(2, "nan")
+    log = MeasurementLog(tmp_path / "log.h5", system.spec)
+    system.attach_log(log)
+    g = {"g": torch.ones(1)}
+    system(torch.full((4, 2), 0.5), g)
+    with pytest.raises(DeviceError, match="NaN/inf for 1 of 4 samples \\(the call is kept in the attached log\\)"):
+        system(torch.full((4, 2), 0.25), g)
+    assert len(log) == 8 and system.queries == 8  # both calls, as measured
+    m = log.to_measurements()
+    assert len(m) == 7 and m.meta["skipped_nonfinite"] == 1 and torch.isfinite(m.y).all()
+    log.close()
+
+
+def test_twin_measurements_taken_before_a_device_failure_are_kept(tmp_path):
+    from pnnkit import DeviceError
+    from pnnkit.config import TwinConfig
+    from pnnkit.experiments import make_twin
+
+    cfg = TwinConfig(samples=64, inputs_per_setting=8, repeats=1)
+    with pytest.raises(DeviceError, match=r"the 24 samples measured before are kept in .*partial\.h5"):
+        make_twin(_flaky_system(4, "nan"), cfg, tmp_path)  # settings 1–3 measured, the 4th fails
+    kept = MeasurementSet.load(tmp_path / "twin_measurements.partial.h5")
+    assert len(kept) == 24 and torch.isfinite(kept.y).all()
+    with pytest.raises(TimeoutError):  # not a pnnkit error: re-raised as it is, the data still kept
+        make_twin(_flaky_system(3, "raise"), cfg, tmp_path)
+    assert len(list(tmp_path.glob("twin_measurements.partial*.h5"))) == 2

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from . import __version__
 from .config import DigitalBaselineConfig, ExperimentConfig, LabConfig, TwinConfig, validate_config
-from .errors import ConfigError
+from .errors import ConfigError, PnnkitError
 from .labs import make_lab
 from .measurements import MeasurementSet, acquire, keep_existing
 from .networks import LinearBlock, NetworkConfig, ParallelBlock, PhysicalBlock, build_network, count_digital_parameters
@@ -42,8 +42,18 @@ def make_twin(system: PhysicalSystem, cfg: TwinConfig, out_dir: Path | None = No
     if cfg.path:
         return TwinOutcome(DigitalTwin.load(cfg.path, system.spec), None, 0.0)
     q0 = system.queries
-    data = acquire(system, cfg.samples, inputs_per_setting=cfg.inputs_per_setting, design=cfg.design,
-                   repeats=cfg.repeats, seed=cfg.seed, progress=progress)
+    try:
+        data = acquire(system, cfg.samples, inputs_per_setting=cfg.inputs_per_setting, design=cfg.design,
+                       repeats=cfg.repeats, seed=cfg.seed, progress=progress)
+    except BaseException as e:  # keep what was measured before the failure
+        partial = getattr(e, "partial_measurements", None)
+        if out_dir is None or partial is None:
+            raise
+        path = partial.save(out_dir / "twin_measurements.partial.h5")
+        if isinstance(e, PnnkitError):
+            raise type(e)(f"{e} (the {len(partial)} samples measured before are kept in {path})") from e
+        print(f"note: the {len(partial)} samples measured before are kept in {path}", file=sys.stderr)
+        raise
     data.meta["queries"] = system.queries - q0
     if out_dir:
         data.save(out_dir / "twin_measurements.h5")

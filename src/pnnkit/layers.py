@@ -73,6 +73,13 @@ class PhysicalLayer(nn.Module):
         self.input_constraint = input_constraint
         self.param_constraint = param_constraint
         dtype = dtype or torch.get_default_dtype()
+        if dtype not in (torch.float32, torch.float64):
+            raise ConfigError(f"{system.spec.name} layer: dtype {dtype} is not supported; use torch.float32 or "
+                              "torch.float64 (a half-precision θ or input can round outside the hard ranges)")
+        twin_spec = getattr(twin, "spec", None)
+        if twin_spec is not None and not twin_spec.same_interface(system.spec):
+            raise ConfigError(f"{system.spec.name} layer: the twin is for {twin_spec.name!r}, whose interface "
+                              f"differs from the system's (inputs, outputs or parameters)")
         self.theta = nn.ParameterDict()
         for p in system.spec.params:
             if p.init is not None:
@@ -103,16 +110,16 @@ class PhysicalLayer(nn.Module):
         out = {}
         for p in self.system.spec.params:
             v = self.theta[p.name]
-            if self.param_constraint == "sigmoid":
-                out[p.name] = p.low + (p.high - p.low) * torch.sigmoid(v)
+            if self.param_constraint == "sigmoid":  # the clamp only catches rounding past a bound at saturation
+                out[p.name] = (p.low + (p.high - p.low) * torch.sigmoid(v)).clamp(p.low, p.high)
             else:
                 out[p.name] = v.clamp(p.low, p.high)
         return out
 
     def constrain_input(self, x: Tensor) -> Tensor:
         lo, hi = self.system.spec.input_low, self.system.spec.input_high
-        if self.input_constraint == "sigmoid":
-            return lo + (hi - lo) * torch.sigmoid(x)
+        if self.input_constraint == "sigmoid":  # the clamp only catches rounding past a bound at saturation
+            return (lo + (hi - lo) * torch.sigmoid(x)).clamp(lo, hi)
         return x.clamp(lo, hi)
 
     @torch.no_grad()

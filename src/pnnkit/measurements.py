@@ -176,16 +176,6 @@ def acquire(
         from tqdm import tqdm
 
         it = tqdm(it, desc=f"measuring {spec.name}", unit="setting")
-    for s in it:
-        off, params = 0, {}
-        for p in spec.params:
-            u = torch.as_tensor(theta_u[s, off : off + p.numel], dtype=dtype).reshape(p.shape)
-            params[p.name] = (p.low + (p.high - p.low) * u).clamp(p.low, p.high)
-            off += p.numel
-        xb = x_all[s * inputs_per_setting : (s + 1) * inputs_per_setting]
-        ys.append(torch.stack([system(xb, params) for _ in range(repeats)], dim=1))
-        for k, v in params.items():
-            ps[k].append(v.expand(xb.shape[0], *v.shape))
     meta = {
         "seed": seed,
         "design": design,
@@ -194,7 +184,29 @@ def acquire(
         "system": spec.name,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    return MeasurementSet(spec, x_all, {k: torch.cat(v) for k, v in ps.items()}, torch.cat(ys), meta)
+
+    def measured() -> MeasurementSet:
+        m = len(ys) * inputs_per_setting
+        return MeasurementSet(spec, x_all[:m], {k: torch.cat(v) if v else torch.empty(0, *spec.param(k).shape)
+                                                for k, v in ps.items()},
+                              torch.cat(ys) if ys else torch.empty(0, repeats, spec.output_dim), meta)
+
+    try:
+        for s in it:
+            off, params = 0, {}
+            for p in spec.params:
+                u = torch.as_tensor(theta_u[s, off : off + p.numel], dtype=dtype).reshape(p.shape)
+                params[p.name] = (p.low + (p.high - p.low) * u).clamp(p.low, p.high)
+                off += p.numel
+            xb = x_all[s * inputs_per_setting : (s + 1) * inputs_per_setting]
+            ys.append(torch.stack([system(xb, params) for _ in range(repeats)], dim=1))
+            for k, v in params.items():
+                ps[k].append(v.expand(xb.shape[0], *v.shape))
+    except BaseException as e:  # a device error or an interruption: the settings measured so far go with it
+        if ys:
+            e.partial_measurements = measured()  # type: ignore[attr-defined]
+        raise
+    return measured()
 
 
 class MeasurementLog:
@@ -251,12 +263,17 @@ class MeasurementLog:
         return int(self._f["x"].shape[0])
 
     def to_measurements(self) -> MeasurementSet:
-        """The logged samples as a :class:`MeasurementSet` (e.g. extra twin data near the operating point)."""
+        """The logged samples as a :class:`MeasurementSet` (e.g. extra twin data near the operating point). Rows
+        whose output has NaN/inf (a failed measurement, kept in the file as it came back) are left out."""
         f = self._f
         call = torch.from_numpy(f["call"][...])
         params = {p.name: torch.from_numpy(f["params"][p.name][...])[call] for p in self.spec.params}
-        return MeasurementSet(self.spec, torch.from_numpy(f["x"][...]), params, torch.from_numpy(f["y"][...]),
-                              {"source": str(self.path)})
+        x, y = torch.from_numpy(f["x"][...]), torch.from_numpy(f["y"][...])
+        ok = torch.isfinite(y).all(dim=1)
+        if not bool(ok.all()):
+            x, y, params = x[ok], y[ok], {k: v[ok] for k, v in params.items()}
+        meta = {"source": str(self.path), "skipped_nonfinite": int((~ok).sum())}
+        return MeasurementSet(self.spec, x, params, y, meta)
 
     def close(self) -> None:
         if self._f.id.valid:

@@ -18,6 +18,9 @@ from .spec import SystemSpec
 Params = Mapping[str, Tensor]
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 @functools.lru_cache(maxsize=256)
 def _bound_in(value: float, dtype: torch.dtype) -> float:
     """``value`` rounded to ``dtype``, as the element-wise comparison ``x < value`` rounds it."""
@@ -100,6 +103,9 @@ class PhysicalSystem(ABC):
         batch = x.shape[0]
         if batch == 0:
             raise ShapeError(f"{spec.name}: empty batch")
+        if x.dtype in _HALF:
+            raise ShapeError(f"{spec.name}: x is {x.dtype}; use float32 or float64 (half precision rounds values "
+                             "past the hard range)")
         lo, hi = spec.input_low, spec.input_high
         if not _finite_within(x, lo, hi):  # fast path: one reduction; otherwise the detailed checks below
             if not torch.isfinite(x).all():
@@ -107,7 +113,7 @@ class PhysicalSystem(ABC):
             if bool((x < lo).any()) or bool((x > hi).any()):
                 raise RangeError(
                     f"{spec.name}: input outside its hard range [{lo}, {hi}] {spec.input_unit} "
-                    f"(min {x.min().item():.6g}, max {x.max().item():.6g}); constrain it before the call"
+                    f"(min {x.min().item():.9g}, max {x.max().item():.9g}); constrain it before the call"
                 )
         missing = set(spec.param_names) - set(params)
         extra = set(params) - set(spec.param_names)
@@ -121,6 +127,8 @@ class PhysicalSystem(ABC):
             v = params[p.name]
             if not isinstance(v, Tensor):
                 raise ShapeError(f"{spec.name}: parameter {p.name!r} must be a tensor")
+            if v.dtype in _HALF:
+                raise ShapeError(f"{spec.name}: parameter {p.name!r} is {v.dtype}; use float32 or float64")
             ok_shared = tuple(v.shape) == p.shape
             ok_batched = self.batched_params and tuple(v.shape) == (batch, *p.shape)
             if not (ok_shared or ok_batched):
@@ -132,7 +140,7 @@ class PhysicalSystem(ABC):
                 if bool((v < p.low).any()) or bool((v > p.high).any()):
                     raise RangeError(
                         f"{spec.name}: parameter {p.name!r} outside its hard range [{p.low}, {p.high}] {p.unit} "
-                        f"(min {v.min().item():.6g}, max {v.max().item():.6g})"
+                        f"(min {v.min().item():.9g}, max {v.max().item():.9g})"
                     )
         return batch
 
@@ -157,14 +165,15 @@ class PhysicalSystem(ABC):
             raise DeviceError(
                 f"{self.spec.name}: measure() returned shape {tuple(y.shape)}, expected ({batch}, {self.spec.output_dim})"
             )
-        if not _finite_within(y, -math.inf, math.inf) and not torch.isfinite(y).all():
-            bad = int((~torch.isfinite(y)).any(dim=1).sum())
-            raise DeviceError(f"{self.spec.name}: measurement returned NaN/inf for {bad} of {batch} samples")
         self._calls = self.calls + 1
         self._queries = self.queries + batch
         log = getattr(self, "_log", None)
-        if log is not None:
+        if log is not None:  # what came back is kept as measured, NaN/inf included (readers skip those rows)
             log.append(x, params, y)
+        if not _finite_within(y, -math.inf, math.inf) and not torch.isfinite(y).all():
+            bad = int((~torch.isfinite(y)).any(dim=1).sum())
+            kept = " (the call is kept in the attached log)" if log is not None else ""
+            raise DeviceError(f"{self.spec.name}: measurement returned NaN/inf for {bad} of {batch} samples{kept}")
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def __repr__(self) -> str:

@@ -240,7 +240,8 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     digital = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
     groups = []
     if phys:
-        groups.append({"params": phys, "lr": cfg.physical_lr or cfg.lr, "weight_decay": 0.0})
+        groups.append({"params": phys, "lr": cfg.lr if cfg.physical_lr is None else cfg.physical_lr,
+                       "weight_decay": 0.0})
     if digital:
         groups.append({"params": digital, "lr": cfg.lr, "weight_decay": cfg.weight_decay})
     if readout:
@@ -304,6 +305,34 @@ def detach_device_logs(model: nn.Module, logs: list[Any]) -> None:
         lg.close()
 
 
+def _check_settings(cfg: TrainConfig) -> None:
+    """One-line errors for training settings that mean nothing (checked before any device time is spent)."""
+    for name in ("epochs", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be ≥ 1, got {getattr(cfg, name)}")
+    if not cfg.lr >= 0:
+        raise ConfigError(f"lr must be ≥ 0 (0 freezes the network), got {cfg.lr}")
+    for name in ("physical_lr", "readout_lr"):
+        v = getattr(cfg, name)
+        if v is not None and not v >= 0:
+            raise ConfigError(f"{name} must be ≥ 0 (0 freezes those parameters), got {v}")
+
+
+def _check_task(task: ClassificationTask) -> None:
+    """The task's tensors fit a classification: non-empty, matching lengths, integer labels 0 … n_classes − 1."""
+    for part in ("train", "test"):
+        x, y = getattr(task, f"x_{part}"), getattr(task, f"y_{part}")
+        if len(x) == 0:
+            raise ConfigError(f"task {task.name!r}: the {part} set is empty")
+        if len(x) != len(y):
+            raise ConfigError(f"task {task.name!r}: {len(x)} {part} samples but {len(y)} labels")
+        if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+            raise ConfigError(f"task {task.name!r}: {part} labels must be integers (class indices), got {y.dtype}")
+        if int(y.min()) < 0 or int(y.max()) >= task.n_classes:
+            raise ConfigError(f"task {task.name!r}: {part} labels must lie in 0 … {task.n_classes - 1} "
+                              f"({task.n_classes} classes), got {int(y.min())} … {int(y.max())}")
+
+
 class Trainer:
     """Train ``model`` on ``task`` in ``mode``; test accuracy is always measured on the physical system.
 
@@ -323,10 +352,17 @@ class Trainer:
         self.model, self.task, self.mode = model, task, mode
         self.cfg = config or TrainConfig()
         self.out_dir = Path(out_dir) if out_dir else None
+        _check_settings(self.cfg)
+        _check_task(task)
+        has_physical = any(True for _ in physical_layers(model))
+        if mode not in ("pat", "in_silico", "exact", "physical") or (mode == "physical" and has_physical):
+            raise ConfigError(f"training mode must be 'pat', 'in_silico' or 'exact', got {mode!r}"
+                              + (" ('physical' trains only networks without physical layers: it has no gradient "
+                                 "through the device)" if mode == "physical" else ""))
         set_mode(model, mode)
         if self.cfg.overlap is not None:
             set_overlap(model, self.cfg.overlap)
-        if mode == "pat" and not any(True for _ in physical_layers(model)):
+        if mode == "pat" and not has_physical:
             raise ConfigError("pat mode needs at least one PhysicalLayer in the model")
         self.opt = _optimizer(model, self.cfg)
         steps = self.cfg.epochs * math.ceil(len(task.x_train) / self.cfg.batch_size)
