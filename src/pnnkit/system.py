@@ -154,11 +154,13 @@ class PhysicalSystem(ABC):
             raise DeviceError(f"{self.spec.name}: system is not differentiable; 'exact' mode needs a simulation")
         if grad:
             y = self.measure(x, dict(params))
-        else:
+        else:  # the device gets detached CPU tensors, whatever device the network runs on
             with torch.no_grad():
-                y = self.measure(x.detach(), {k: v.detach() for k, v in params.items()})
+                y = self.measure(x.detach().cpu(), {k: v.detach().cpu() for k, v in params.items()})
         if isinstance(y, np.ndarray):
             y = torch.from_numpy(np.ascontiguousarray(y)).to(x.dtype)
+        if isinstance(y, Tensor) and y.device != x.device:
+            y = y.to(x.device)
         if not isinstance(y, Tensor):
             raise DeviceError(f"{self.spec.name}: measure() returned {type(y).__name__}, expected a tensor or array")
         if tuple(y.shape) != (batch, self.spec.output_dim):
