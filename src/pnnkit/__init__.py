@@ -33,6 +33,7 @@ from .pat import pat_forward, twin_vjp
 from .spec import ParamSpec, SystemSpec
 from .system import FunctionSystem, PhysicalSystem
 from .twins import DigitalTwin, FitReport, MLPTwin, evaluate_twin, fit_twin, register_twin
+from .training import TrainConfig, Trainer, TrainResult
 
 __version__ = "0.1.0"
 
@@ -44,5 +45,6 @@ __all__ = [
     "MeasurementLog", "MeasurementSet", "acquire", "pat_forward", "twin_vjp",
     "ParamSpec", "SystemSpec", "FunctionSystem", "PhysicalSystem",
     "DigitalTwin", "FitReport", "MLPTwin", "evaluate_twin", "fit_twin", "register_twin",
+    "TrainConfig", "Trainer", "TrainResult",
     "__version__",
 ]
