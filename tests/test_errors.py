@@ -84,3 +84,27 @@ def test_missing_data_directory(tmp_path, monkeypatch):
         data_dir(tmp_path / "nothing", "x", "source")
     with pytest.raises(ConfigError, match="unknown task 'cifar'"):
         load_task("cifar")
+
+
+def test_small_layers_and_specs_refuse_sizes_that_would_broadcast_or_vanish():
+    from pnnkit import ElementwiseRescale, ParamSpec, Pool, ShapeError, Slice, SystemSpec
+
+    with pytest.raises(ShapeError, match="rescale of width 1 got input of width 5"):
+        ElementwiseRescale(1)(torch.zeros(2, 5))
+    with pytest.raises(ConfigError, match="rescale width must be an integer ≥ 1, got 0"):
+        ElementwiseRescale(0)
+    with pytest.raises(ConfigError, match=r"slice \[5:2\] keeps nothing"):
+        Slice(5, 2)
+    with pytest.raises(ShapeError, match="pool: cannot pool width 8 into 20 groups"):
+        Pool(20)(torch.zeros(2, 8))
+    with pytest.raises(ConfigError, match="pool needs out ≥ 1"):
+        Pool(0)
+    for shape in [(-3,), (2.7,)]:
+        with pytest.raises(ConfigError, match="shape must be a tuple of integers ≥ 0"):
+            ParamSpec("w", shape, 0.0, 1.0)
+    assert ParamSpec("w", 4, 0.0, 1.0).shape == (4,)
+    with pytest.raises(ConfigError, match=r"need finite input_low < input_high, got \[-inf, inf\]"):
+        SystemSpec("s", 2, 2, float("-inf"), float("inf"))
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ConfigError, match="imperfection_scale must be a finite number ≥ 0"):
+            make_lab("oscillators", n=4, imperfection_scale=bad)

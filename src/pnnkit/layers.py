@@ -170,6 +170,8 @@ class ElementwiseRescale(nn.Module):
         super().__init__()
         if init not in ("fixed", "data"):
             raise ConfigError(f"rescale init must be 'fixed' or 'data', got {init!r}")
+        if not isinstance(dim, int) or dim < 1:
+            raise ConfigError(f"rescale width must be an integer ≥ 1, got {dim!r}")
         self.init = init
         self.target = (float(scale), float(bias))
         self.scale = nn.Parameter(torch.full((dim,), float(scale), dtype=dtype))
@@ -178,6 +180,8 @@ class ElementwiseRescale(nn.Module):
             self.register_buffer("initialised", torch.tensor(False))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.scale.shape[0]:  # broadcasting would silently apply one gain to every feature
+            raise ShapeError(f"rescale of width {self.scale.shape[0]} got input of width {x.shape[-1]}")
         return x * self.scale + self.bias
 
     @torch.no_grad()
@@ -210,6 +214,8 @@ class Slice(nn.Module):
     def __init__(self, start: int, stop: int) -> None:
         super().__init__()
         self.start, self.stop = int(start), int(stop)
+        if not 0 <= self.start < self.stop:
+            raise ConfigError(f"slice [{start}:{stop}] keeps nothing: need 0 ≤ start < stop")
 
     def forward(self, x: Tensor) -> Tensor:
         return x[:, self.start : self.stop]
@@ -289,8 +295,12 @@ class Pool(nn.Module):
         if order not in ("consecutive", "interleaved"):
             raise ConfigError(f"pool order must be 'consecutive' or 'interleaved', got {order!r}")
         self.out, self.order = int(out), order
+        if self.out < 1:
+            raise ConfigError(f"pool needs out ≥ 1, got {out}")
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.out > x.shape[1]:  # adaptive pooling would repeat inputs rather than average them
+            raise ShapeError(f"pool: cannot pool width {x.shape[1]} into {self.out} groups")
         if self.order == "consecutive":
             return nn.functional.adaptive_avg_pool1d(x.unsqueeze(1), self.out).squeeze(1)
         if not 0 < self.out <= x.shape[1]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,7 +34,14 @@ class ParamSpec:
     doc: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        try:
+            shape = tuple(operator.index(s) for s in ((self.shape,) if not hasattr(self.shape, "__iter__")
+                                                       else self.shape))
+        except TypeError:
+            shape = (-1,)
+        if any(s < 0 for s in shape):
+            raise ConfigError(f"parameter {self.name!r}: shape must be a tuple of integers ≥ 0, got {self.shape!r}")
+        object.__setattr__(self, "shape", shape)
         if not self.name.isidentifier():
             raise ConfigError(f"parameter name {self.name!r} must be a Python identifier")
         if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
@@ -76,8 +84,9 @@ class SystemSpec:
         object.__setattr__(self, "params", tuple(self.params))
         if self.input_dim < 1 or self.output_dim < 1:
             raise ConfigError(f"system {self.name!r}: input_dim and output_dim must be ≥ 1")
-        if not (self.input_low < self.input_high):
-            raise ConfigError(f"system {self.name!r}: need input_low < input_high")
+        if not (math.isfinite(self.input_low) and math.isfinite(self.input_high) and self.input_low < self.input_high):
+            raise ConfigError(f"system {self.name!r}: need finite input_low < input_high, got "
+                              f"[{self.input_low}, {self.input_high}]")
         names = [p.name for p in self.params]
         if len(set(names)) != len(names):
             raise ConfigError(f"system {self.name!r}: duplicate parameter names {names}")
