@@ -275,3 +275,18 @@ def test_twin_commands_name_their_input_problems(tiny_run, tmp_path):
         assert res.exit_code == 2 and msg in res.output, res.output
     res = runner.invoke(app, ["twin", "fit", str(cfg), "--out", str(tmp_path / "tf"), "--set", f"twin.path={twin}"])
     assert res.exit_code == 2 and "twin.path is set" in res.output and not (tmp_path / "tf").exists()
+
+
+def test_train_into_a_runs_method_directory_keeps_the_runs_results(tiny_run, tmp_path):
+    import shutil
+
+    d, cfg, _ = tiny_run
+    run = tmp_path / "r"
+    shutil.copytree(d / "out", run)
+    before = (run / "in_silico" / "log.csv").read_text()
+    res = runner.invoke(app, ["train", str(cfg), "--out", str(run), "--method", "in_silico",
+                              "--twin", str(run / "twin.safetensors"), "--set", "training.epochs=1"])
+    assert res.exit_code == 0, res.output
+    kept = [p for p in run.glob("in_silico.*") if p.is_dir()]
+    assert len(kept) == 1 and (kept[0] / "log.csv").read_text() == before
+    assert len((run / "in_silico" / "log.csv").read_text().strip().splitlines()) == 2  # the new run: 1 epoch

@@ -121,6 +121,7 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     shapes = [f"{k} {tuple(state[k].shape)} ≠ {tuple(v.shape)}" for k, v in own.items()
               if k in state and tuple(state[k].shape) != tuple(v.shape)]
+
     def some(label: str, items: list[str], sep: str = ", ", n: int = 4) -> list[str]:
         return [f"{label} {sep.join(items[:n])}" + (" …" if len(items) > n else "")] if items else []
 
@@ -190,9 +191,9 @@ def _check_resumed_config(cfg: ExperimentConfig, out: Path) -> None:
 
 def prepare_out(out: Path, resume: bool = False) -> Path | None:
     """Make ``out`` ready for a run, never losing an earlier one. Resuming needs ``out/config.json`` (a run
-    started there). A fresh run into a directory holding an earlier run (``config.json``) first renames that run
-    to ``<out>.<its time>`` and returns the new name; a file, or a non-empty directory that holds no run, is
-    refused."""
+    started there). A fresh run into a directory holding an earlier run (``config.json``, or the
+    ``checkpoint.json`` of a method directory) first renames that run to ``<out>.<its time>`` and returns the new
+    name; a file, or a non-empty directory that holds no run, is refused."""
     existing = next((p for p in (out, *out.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
         raise ConfigError(f"output directory {out}: {existing} is a file, not a directory")
@@ -200,7 +201,7 @@ def prepare_out(out: Path, resume: bool = False) -> Path | None:
         if not (out / "config.json").exists():
             raise ConfigError(f"nothing to resume in {out}: it holds no config.json of an earlier run")
         return None
-    if (out / "config.json").exists():
+    if (out / "config.json").exists() or (out / "checkpoint.json").exists():
         return keep_existing(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"output directory {out} is not empty and holds no earlier pnnkit run; choose a new or "
