@@ -162,6 +162,52 @@ def test_twin_measurements_taken_before_a_device_failure_are_kept(tmp_path):
         make_twin(_flaky_system(4, "nan"), cfg, tmp_path)  # settings 1–3 measured, the 4th fails
     kept = MeasurementSet.load(tmp_path / "twin_measurements.partial.h5")
     assert len(kept) == 24 and torch.isfinite(kept.y).all()
-    with pytest.raises(TimeoutError):  # not a pnnkit error: re-raised as it is, the data still kept
+    # the device's own exception is named (with its call) and chained; the data measured before is kept again
+    with pytest.raises(DeviceError, match=r"measure\(\) failed on call 3 \(batch of 8\): TimeoutError: instrument "
+                                          r"timed out \(the 16 samples measured before are kept in") as info:
         make_twin(_flaky_system(3, "raise"), cfg, tmp_path)
+    assert isinstance(info.value.__cause__.__cause__, TimeoutError)
     assert len(list(tmp_path.glob("twin_measurements.partial*.h5"))) == 2
+
+
+def test_measurement_sets_and_twin_fits_refuse_data_that_does_not_fit(lab4, data4):
+    from pnnkit import ConfigError
+
+    spec = lab4.spec
+    n = 8
+    good = dict(x=torch.zeros(n, spec.input_dim), params={k: v[:n] for k, v in data4.params.items()},
+                y=torch.zeros(n, 1, spec.output_dim))
+    for change, msg in [(dict(x=torch.zeros(n, spec.input_dim + 1)), rf"x must be \(N, {spec.input_dim}\)"),
+                        (dict(y=torch.zeros(n, 1, 3)), rf"y must be \(N, repeats, {spec.output_dim}\)"),
+                        (dict(params={}), "do not match the spec"),
+                        (dict(x=torch.zeros(n + 1, spec.input_dim)), "disagree on the number of samples")]:
+        with pytest.raises(DataError, match=msg):
+            MeasurementSet(spec, **{**good, **change})
+    bad = data4.subset(torch.arange(64))
+    bad.y[3, 0, 0] = float("nan")
+    with pytest.raises(DataError, match="1 measurements contain NaN or inf"):
+        fit_twin(lab4.ideal_twin(), bad, epochs=1)
+    with pytest.raises(ConfigError, match="too few measurements \\(2\\) to fit a twin"):
+        fit_twin(lab4.ideal_twin(), data4.subset(torch.arange(2)), epochs=1)
+    with pytest.raises(ConfigError, match="need epochs ≥ 1"):
+        fit_twin(lab4.ideal_twin(), data4, epochs=0)
+    other = make_lab("oscillators", n=5)
+    with pytest.raises(TwinError, match=r"twin for 'oscillators' \(in 5, out 5.*measurements of 'oscillators' \(in 4"):
+        fit_twin(other.ideal_twin(), data4, epochs=1)
+    with pytest.raises(ConfigError, match="dtype must be torch.float32 or torch.float64"):
+        acquire(lab4, 16, dtype=torch.long)
+
+
+@pytest.mark.parametrize("bad", ["complex", "object"])
+def test_a_device_returning_no_real_numbers_is_a_device_error(bad):
+    import numpy as np
+
+    from pnnkit import DeviceError, FunctionSystem, SystemSpec
+
+    def device(x, p):
+        return x.astype(complex) if bad == "complex" else np.array([["a"] * x.shape[1]] * x.shape[0], dtype=object)
+
+    system = FunctionSystem(device, SystemSpec("d", 2, 2, -1.0, 1.0), numpy=True)
+    with pytest.raises(DeviceError, match="expected real numbers"):
+        system(torch.zeros(3, 2), {})
+    assert system.queries == 0

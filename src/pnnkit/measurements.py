@@ -37,9 +37,24 @@ class MeasurementSet:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        spec = self.spec
+        if not isinstance(self.x, Tensor) or not isinstance(self.y, Tensor):
+            raise DataError("measurements: x and y must be torch tensors")
         n = self.x.shape[0]
         if self.y.dim() == 2:
             self.y = self.y.unsqueeze(1)
+        if self.x.dim() != 2 or self.x.shape[1] != spec.input_dim:
+            raise DataError(f"measurements of {spec.name!r}: x must be (N, {spec.input_dim}), got {tuple(self.x.shape)}")
+        if self.y.dim() != 3 or self.y.shape[2] != spec.output_dim:
+            raise DataError(f"measurements of {spec.name!r}: y must be (N, repeats, {spec.output_dim}), got "
+                            f"{tuple(self.y.shape)}")
+        if set(self.params) != set(spec.param_names):
+            raise DataError(f"measurements of {spec.name!r}: parameters {sorted(self.params)} do not match the spec "
+                            f"{spec.param_names}")
+        for p in spec.params:
+            if tuple(self.params[p.name].shape[1:]) != p.shape:
+                raise DataError(f"measurements of {spec.name!r}: parameter {p.name!r} must be (N, *{p.shape}), got "
+                                f"{tuple(self.params[p.name].shape)}")
         if self.y.shape[0] != n or any(v.shape[0] != n for v in self.params.values()):
             raise DataError("measurement arrays disagree on the number of samples")
 
@@ -162,6 +177,8 @@ def acquire(
     """
     if n_samples < 2 or inputs_per_setting < 1 or repeats < 1:
         raise ConfigError("acquire: need n_samples ≥ 2, inputs_per_setting ≥ 1, repeats ≥ 1")
+    if dtype not in (torch.float32, torch.float64):
+        raise ConfigError(f"acquire: dtype must be torch.float32 or torch.float64, got {dtype}")
     spec = system.spec
     n_set = math.ceil(n_samples / inputs_per_setting)
     n = n_set * inputs_per_setting

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import DeviceError, RangeError, ShapeError
+from .errors import DeviceError, PnnkitError, RangeError, ShapeError
 from .spec import SystemSpec
 
 Params = Mapping[str, Tensor]
@@ -152,13 +152,23 @@ class PhysicalSystem(ABC):
         batch = self.check_inputs(x, params)
         if grad and not self.differentiable:
             raise DeviceError(f"{self.spec.name}: system is not differentiable; 'exact' mode needs a simulation")
-        if grad:
-            y = self.measure(x, dict(params))
-        else:  # the device gets detached CPU tensors, whatever device the network runs on
-            with torch.no_grad():
-                y = self.measure(x.detach().cpu(), {k: v.detach().cpu() for k, v in params.items()})
+        try:
+            if grad:
+                y = self.measure(x, dict(params))
+            else:  # the device gets detached CPU tensors, whatever device the network runs on
+                with torch.no_grad():
+                    y = self.measure(x.detach().cpu(), {k: v.detach().cpu() for k, v in params.items()})
+        except PnnkitError:
+            raise
+        except Exception as e:  # the device's own failure (driver, timeout, simulator): named, with its cause
+            raise DeviceError(f"{self.spec.name}: measure() failed on call {self.calls + 1} (batch of {batch}): "
+                              f"{type(e).__name__}: {e}") from e
         if isinstance(y, np.ndarray):
+            if not (np.issubdtype(y.dtype, np.floating) or np.issubdtype(y.dtype, np.integer)):
+                raise DeviceError(f"{self.spec.name}: measure() returned an array of {y.dtype}, expected real numbers")
             y = torch.from_numpy(np.ascontiguousarray(y)).to(x.dtype)
+        if isinstance(y, Tensor) and (y.is_complex() or y.dtype == torch.bool):
+            raise DeviceError(f"{self.spec.name}: measure() returned {y.dtype} values, expected real numbers")
         if isinstance(y, Tensor) and y.device != x.device:
             y = y.to(x.device)
         if not isinstance(y, Tensor):

@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .errors import ConfigError, TwinError
+from .errors import ConfigError, DataError, TwinError
 from .measurements import MeasurementSet
 from .spec import SystemSpec
 
@@ -241,13 +241,24 @@ def fit_twin(
     (also stored as ``twin.report``).
     """
     if not twin.spec.same_interface(data.spec):
-        raise TwinError(f"twin for {twin.spec.name!r} cannot be fitted to measurements of {data.spec.name!r}")
+        a, b = twin.spec, data.spec
+        raise TwinError(f"twin for {a.name!r} (in {a.input_dim}, out {a.output_dim}, params {a.param_names}) cannot "
+                        f"be fitted to measurements of {b.name!r} (in {b.input_dim}, out {b.output_dim}, params "
+                        f"{b.param_names}, or other ranges)")
+    if epochs < 1 or batch_size < 1 or not lr > 0 or not 0 < val_fraction < 1:
+        raise ConfigError(f"fit_twin: need epochs ≥ 1, batch_size ≥ 1, lr > 0 and 0 < val_fraction < 1; got "
+                          f"epochs={epochs}, batch_size={batch_size}, lr={lr}, val_fraction={val_fraction}")
+    bad = int((~torch.isfinite(data.y)).flatten(1).any(1).sum()) + int((~torch.isfinite(data.x)).any(1).sum())
+    if bad:
+        raise DataError(f"fit_twin: {bad} measurements contain NaN or inf; drop them first (a log's "
+                        "to_measurements() does)")
     n = len(data)
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=gen)
     n_val = max(1, int(round(val_fraction * n)))
-    if n - n_val < 1:
-        raise ConfigError(f"too few measurements ({n}) to hold out a validation split")
+    if n - n_val < 2:
+        raise ConfigError(f"too few measurements ({n}) to fit a twin: {n_val} held out for validation leaves "
+                          f"{n - n_val} to fit on; need at least 2")
     val_idx, tr_idx = perm[:n_val], perm[n_val:]
     dtype = next((p.dtype for p in twin.parameters()), torch.get_default_dtype())
     x = data.x.to(dtype)
