@@ -108,3 +108,15 @@ def test_small_layers_and_specs_refuse_sizes_that_would_broadcast_or_vanish():
     for bad in (-1.0, float("nan")):
         with pytest.raises(ConfigError, match="imperfection_scale must be a finite number ≥ 0"):
             make_lab("oscillators", n=4, imperfection_scale=bad)
+
+
+def test_a_twin_of_the_wrong_width_in_silico_and_a_split_that_cannot_stratify():
+    from pnnkit import PhysicalLayer, TwinError
+
+    lab = make_lab("oscillators", n=4)
+    layer = PhysicalLayer(lab, lambda x, p: x[:, :3], mode="in_silico")
+    with pytest.raises(TwinError, match=r"the twin returned \(2, 3\), expected \(2, 4\)"):
+        layer(torch.zeros(2, 4))
+    for bad in (5, 5000, 2.5):
+        with pytest.raises(ConfigError, match="test_size must be an integer from 10 to 1787"):
+            load_task("digits", test_size=bad)

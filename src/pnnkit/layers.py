@@ -9,7 +9,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError, ShapeError
+from .errors import ConfigError, ShapeError, TwinError
 from .pat import Twin, pat_forward
 from .system import PhysicalSystem
 
@@ -146,7 +146,12 @@ class PhysicalLayer(nn.Module):
         if self.mode == "pat":
             return pat_forward(self.system, self.twin, x, theta, overlap=self.overlap)  # type: ignore[arg-type]
         if self.mode == "in_silico":
-            return self.twin(x, theta)  # type: ignore[misc]
+            y = self.twin(x, theta)  # type: ignore[misc]
+            if not isinstance(y, Tensor) or tuple(y.shape) != (x.shape[0], spec.output_dim):
+                got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+                raise TwinError(f"{spec.name} layer: the twin returned {got}, expected ({x.shape[0]}, "
+                                f"{spec.output_dim})")
+            return y
         if self.mode == "physical":
             with torch.no_grad():
                 return self.system(x, theta)

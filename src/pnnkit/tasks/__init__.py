@@ -70,6 +70,10 @@ def stratified_split(y: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray,
     """Indices (train, test) of a seeded stratified split with ``n_test`` test samples."""
     from sklearn.model_selection import train_test_split
 
+    n_classes = len(np.unique(y))
+    if not (isinstance(n_test, (int, np.integer)) and n_classes <= n_test <= len(y) - n_classes):
+        raise ConfigError(f"test_size must be an integer from {n_classes} to {len(y) - n_classes} (every one of the "
+                          f"{n_classes} classes in both parts of a stratified split of {len(y)}), got {n_test!r}")
     idx = np.arange(len(y))
     tr, te = train_test_split(idx, test_size=n_test, stratify=y, random_state=seed)
     return np.sort(tr), np.sort(te)
