@@ -120,3 +120,27 @@ def test_a_twin_of_the_wrong_width_in_silico_and_a_split_that_cannot_stratify():
     for bad in (5, 5000, 2.5):
         with pytest.raises(ConfigError, match="test_size must be an integer from 10 to 1787"):
             load_task("digits", test_size=bad)
+
+
+def test_logs_never_write_into_foreign_files_and_init_batches_must_be_finite(tmp_path):
+    import h5py
+
+    from pnnkit import DataError, ElementwiseRescale, MeasurementLog, ParallelPhysical, ShapeError
+
+    spec = make_lab("oscillators", n=4).spec
+    with h5py.File(tmp_path / "mine.h5", "w") as f:
+        f["data"] = [1, 2, 3]
+    with pytest.raises(DataError, match="is not a pnnkit measurement log"):
+        MeasurementLog(tmp_path / "mine.h5", spec)
+    with h5py.File(tmp_path / "mine.h5", "r") as f:
+        assert list(f) == ["data"]  # untouched
+    (tmp_path / "text.h5").write_text("not hdf5")
+    with pytest.raises(DataError, match="cannot open measurement log"):
+        MeasurementLog(tmp_path / "text.h5", spec)
+    r = ElementwiseRescale(3, init="data")
+    x = torch.randn(8, 3)
+    x[2, 1] = float("nan")
+    with pytest.raises(ShapeError, match="contains NaN or inf"):
+        r.set_from_batch(x)
+    with pytest.raises(ConfigError, match="needs at least one channel"):
+        ParallelPhysical([])

@@ -211,3 +211,14 @@ def test_a_device_returning_no_real_numbers_is_a_device_error(bad):
     with pytest.raises(DeviceError, match="expected real numbers"):
         system(torch.zeros(3, 2), {})
     assert system.queries == 0
+
+
+def test_saving_a_twin_twice_keeps_the_first_pair_loadable(lab4, tmp_path):
+    first = MLPTwin(lab4.spec, hidden=(8,))
+    first.save(tmp_path / "twin")
+    second = MLPTwin(lab4.spec, hidden=(4,))
+    second.save(tmp_path / "twin")
+    kept = sorted(p for p in tmp_path.glob("twin.*.safetensors"))
+    assert len(kept) == 1 and kept[0].with_suffix(".json").exists()
+    assert DigitalTwin.load(kept[0]).config()["hidden"] == [8]
+    assert DigitalTwin.load(tmp_path / "twin.safetensors").config()["hidden"] == [4]

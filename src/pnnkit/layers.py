@@ -197,8 +197,10 @@ class ElementwiseRescale(nn.Module):
         a pixel blank in every init image) carries no information to standardise by: it gets the median gain of
         the other features instead of an enormous one, so a later sample that does vary there stays in range.
         """
-        if x.dim() != 2 or x.shape[0] < 2:
+        if x.dim() != 2 or x.shape[0] < 2 or x.shape[1] != self.scale.numel():
             raise ShapeError(f"rescale data init needs a batch (n ≥ 2, {self.scale.numel()}), got {tuple(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ShapeError("rescale data init: the batch reaching it contains NaN or inf")
         std, mean = torch.std_mean(x.to(self.scale.dtype), dim=0)
         varying = std[std > 0]
         ref = varying.median() if varying.numel() else torch.ones((), dtype=std.dtype)
@@ -325,6 +327,8 @@ class ParallelPhysical(nn.Module):
 
     def __init__(self, layers: list[PhysicalLayer], shared: bool = False, batched: bool = False) -> None:
         super().__init__()
+        if not layers:
+            raise ConfigError("parallel layer: needs at least one channel")
         self.channels = nn.ModuleList(layers)
         self.shared = bool(shared)
         self.batched = bool(batched)

@@ -238,8 +238,14 @@ class MeasurementLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.spec = spec
-        self._f = h5py.File(self.path, "a")
+        try:
+            self._f = h5py.File(self.path, "a")
+        except OSError as e:
+            raise DataError(f"cannot open measurement log {self.path} as HDF5: {e}") from None
         f = self._f
+        if len(f) and f.attrs.get("format") != FORMAT + "+log":  # never write into someone else's file
+            f.close()
+            raise DataError(f"{self.path} is not a pnnkit measurement log; choose a new file")
         if "x" not in f:
             f.attrs["format"] = FORMAT + "+log"
             f.attrs["spec"] = json.dumps(spec.to_dict())

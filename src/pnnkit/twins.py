@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime as _dt
 import hashlib
 import json
 import math
@@ -31,6 +32,19 @@ def register_twin(cls: type["DigitalTwin"]) -> type["DigitalTwin"]:
 
 def twin_kinds() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def _keep_existing_pair(path: Path) -> None:
+    """Rename an existing twin (``path`` and its ``.json``) to ``<stem>.<mtime>[.k]`` with both suffixes."""
+    files = [p for p in (path, path.with_suffix(".json")) if p.exists()]
+    if not files:
+        return
+    stamp = _dt.datetime.fromtimestamp(files[0].stat().st_mtime, _dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stem, k = f"{path.stem}.{stamp}", 1
+    while any(path.with_name(stem + p.suffix).exists() for p in files):
+        stem, k = f"{path.stem}.{stamp}.{k}", k + 1
+    for p in files:
+        p.rename(path.with_name(stem + p.suffix))
 
 
 def _import_lab_twin_kinds() -> None:
@@ -76,9 +90,11 @@ class DigitalTwin(nn.Module):
 
     # --- persistence --------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write ``path`` (.safetensors weights) and ``path`` with suffix ``.json`` (kind, spec, config, report)."""
+        """Write ``path`` (.safetensors weights) and ``path`` with suffix ``.json`` (kind, spec, config, report).
+        A twin already saved there is kept: both files are renamed ``<stem>.<its time>``, as measurements are."""
         path = Path(path).with_suffix(".safetensors")
         path.parent.mkdir(parents=True, exist_ok=True)
+        _keep_existing_pair(path)
         tensors = {k: v.detach().contiguous().clone() for k, v in self.state_dict().items()}
         save_file(tensors, str(path), metadata={"format": TWIN_FORMAT, "kind": self.kind})
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
