@@ -166,3 +166,24 @@ def test_sigmoid_constraints_stay_inside_the_range_when_saturated(lo, hi):
     for x, w in seen:
         for v in (x, w):
             assert float(v.double().min()) >= float(torch.tensor(lo)) and float(v.double().max()) <= float(torch.tensor(hi))
+
+
+def test_a_device_writing_into_its_input_changes_nothing_outside_and_masked_readings_count_as_invalid():
+    import numpy as np
+
+    from pnnkit import DeviceError, SystemSpec
+
+    def scribbler(x, p):
+        out = x.copy()
+        x[:] = 99.0  # a driver that reuses its input buffer
+        return out
+
+    system = FunctionSystem(scribbler, SystemSpec("s", 2, 2, -1.0, 1.0), numpy=True)
+    x = torch.full((3, 2), 0.5)
+    y = system(x, {})
+    assert torch.equal(x, torch.full((3, 2), 0.5)) and torch.equal(y, torch.full((3, 2), 0.5))
+
+    masked = FunctionSystem(lambda x, p: np.ma.masked_array(x, mask=[[0, 1]] + [[0, 0]] * (len(x) - 1)),
+                            SystemSpec("m", 2, 2, -1.0, 1.0), numpy=True)
+    with pytest.raises(DeviceError, match="NaN/inf for 1 of 3 samples"):
+        masked(x, {})

@@ -155,14 +155,17 @@ class PhysicalSystem(ABC):
         try:
             if grad:
                 y = self.measure(x, dict(params))
-            else:  # the device gets detached CPU tensors, whatever device the network runs on
-                with torch.no_grad():
-                    y = self.measure(x.detach().cpu(), {k: v.detach().cpu() for k, v in params.items()})
+            else:  # the device gets detached CPU copies, whatever device the network runs on: a driver that
+                with torch.no_grad():  # writes into its input cannot change the network's tensors or the log
+                    y = self.measure(x.detach().cpu().clone(),
+                                     {k: v.detach().cpu().clone() for k, v in params.items()})
         except PnnkitError:
             raise
         except Exception as e:  # the device's own failure (driver, timeout, simulator): named, with its cause
             raise DeviceError(f"{self.spec.name}: measure() failed on call {self.calls + 1} (batch of {batch}): "
                               f"{type(e).__name__}: {e}") from e
+        if isinstance(y, np.ma.MaskedArray):  # masked (invalid) readings count as NaN: refused below, and logged
+            y = y.astype(np.float64).filled(np.nan)
         if isinstance(y, np.ndarray):
             if not (np.issubdtype(y.dtype, np.floating) or np.issubdtype(y.dtype, np.integer)):
                 raise DeviceError(f"{self.spec.name}: measure() returned an array of {y.dtype}, expected real numbers")
@@ -215,5 +218,6 @@ class FunctionSystem(PhysicalSystem):
 
     def measure(self, x: Tensor, params: Params) -> Tensor | np.ndarray:
         if self.numpy:
-            return np.asarray(self.fn(x.cpu().numpy(), {k: v.cpu().numpy() for k, v in params.items()}))
+            y = self.fn(x.cpu().numpy(), {k: v.cpu().numpy() for k, v in params.items()})
+            return y if isinstance(y, np.ma.MaskedArray) else np.asarray(y)  # a mask is read by __call__
         return self.fn(x, params)
