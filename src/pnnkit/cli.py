@@ -157,9 +157,7 @@ def train(
 ) -> None:
     """Train one method; saves OUT/METHOD/model.safetensors and OUT/METHOD/result.json."""
     from .config import load_config
-    from .experiments import build_lab, make_twin, start_run, train_method, twin_to_use
-    from .networks import build_network
-    from .tasks import load_task
+    from .experiments import build_pieces, make_twin, start_run, train_method, twin_to_use
 
     try:
         cfg = load_config(config, set_ or ())
@@ -167,9 +165,7 @@ def train(
             raise PnnkitError(f"unknown method {method!r}; choose pat, in_silico or exact")
         if twin is not None:
             cfg.twin.path = str(twin)
-        task = load_task(cfg.task.name, **cfg.task.options)
-        system = build_lab(cfg.lab)
-        build_network(cfg.network, task.n_features, task.n_classes, system, None, seed=cfg.seed)  # fails early
+        task, system, _ = build_pieces(cfg)  # fails before anything is measured or written
         start_run(cfg, out / method, resume)  # OUT/METHOD/config.json; --resume refuses a changed config
         tw = make_twin(system, twin_to_use(cfg.twin, out, resume), out) if method != "exact" else None
         model, res = train_method(cfg, task, system, tw.twin if tw else None, method, out / method,

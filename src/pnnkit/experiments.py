@@ -209,23 +209,17 @@ def prepare_out(out: Path, resume: bool = False) -> Path | None:
     return None
 
 
-def record_config(cfg: ExperimentConfig, out: Path, resume: bool = False) -> None:
-    """Write ``out/config.json`` (the config as run); when resuming, first refuse a config that differs from the
-    one ``out`` was started with."""
+def start_run(cfg: ExperimentConfig, out: Path, resume: bool = False) -> None:
+    """Keep an earlier run in ``out`` (see :func:`prepare_out`; said on stderr), or, resuming, refuse a config that
+    differs from the one ``out`` was started with; then write ``out/config.json`` (the config as run). Call once
+    the task, lab and network are known to build, so a config that fails there leaves ``out`` untouched."""
+    kept = prepare_out(out, resume)
+    if kept is not None:
+        print(f"note: {out} held an earlier run; it is kept as {kept}", file=sys.stderr)
     if resume:
         _check_resumed_config(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(cfg.model_dump_json(indent=2))
-
-
-def start_run(cfg: ExperimentConfig, out: Path, resume: bool = False) -> None:
-    """Check a resumed config against ``out``'s, keep an earlier run in ``out`` (see :func:`prepare_out`, which
-    says so on stderr), then record the config. Call once the task, lab and network are known to build, so a
-    config that fails there leaves ``out`` untouched."""
-    kept = prepare_out(out, resume)
-    if kept is not None:
-        print(f"note: {out} held an earlier run; it is kept as {kept}", file=sys.stderr)
-    record_config(cfg, out, resume)
 
 
 def twin_to_use(cfg: TwinConfig, out: Path, resume: bool) -> TwinConfig:
@@ -236,16 +230,22 @@ def twin_to_use(cfg: TwinConfig, out: Path, resume: bool) -> TwinConfig:
     return cfg
 
 
+def build_pieces(cfg: ExperimentConfig) -> tuple[ClassificationTask, PhysicalSystem, int]:
+    """The task and lab of ``cfg``, and the digital parameter count of its network, built before anything is
+    measured or written: a bad ``training.augment`` or a network that does not fit the task and lab fails here."""
+    task = load_task(cfg.task.name, **cfg.task.options)
+    augmentation(_augment_spec(cfg), task)
+    system = build_lab(cfg.lab)
+    net = build_network(cfg.network, task.n_features, task.n_classes, system, None, seed=cfg.seed)
+    return task, system, count_digital_parameters(net)
+
+
 def run_experiment(
     cfg: ExperimentConfig, out_dir: str | Path, *, progress: bool = False, resume: bool = False
 ) -> dict[str, Any]:
     """Run every method of ``cfg``; write ``results.json``, logs, plots, the twin and its measurements."""
     out = Path(out_dir)
-    task = load_task(cfg.task.name, **cfg.task.options)
-    augmentation(_augment_spec(cfg), task)  # a bad training.augment fails here, before any device time is spent
-    system = build_lab(cfg.lab)
-    n_digital = count_digital_parameters(  # the network builds on this task and lab: checked before anything runs
-        build_network(cfg.network, task.n_features, task.n_classes, system, None, seed=cfg.seed))
+    task, system, n_digital = build_pieces(cfg)
     start_run(cfg, out, resume)
     needs_twin = any(m in ("pat", "in_silico") for m in cfg.methods)
     tw = make_twin(system, twin_to_use(cfg.twin, out, resume), out, progress) if needs_twin else None

@@ -7,7 +7,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import h5py
 import numpy as np
@@ -132,16 +132,20 @@ class MeasurementSet:
         return cls(spec, x, params, y, meta)
 
 
-def keep_existing(path: Path) -> Path | None:
-    """Rename an existing ``path`` to ``<stem>.<mtime>[.k]<suffix>`` so new data never replaces measured data."""
-    if not path.exists():
+def keep_existing(path: Path, companions: Sequence[str] = ()) -> Path | None:
+    """Rename an existing ``path`` to ``<stem>.<mtime>[.k]<suffix>`` so new data never replaces measured data.
+    ``companions``: suffixes of files beside it that belong with it (a twin's ``.json``), renamed to the same
+    stem. Returns the new name of ``path`` (None if nothing was there)."""
+    files = [p for p in (path, *(path.with_suffix(s) for s in companions)) if p.exists()]
+    if not files:
         return None
-    stamp = _dt.datetime.fromtimestamp(path.stat().st_mtime, _dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    target, k = path.with_name(f"{path.stem}.{stamp}{path.suffix}"), 1
-    while target.exists():
-        target, k = path.with_name(f"{path.stem}.{stamp}.{k}{path.suffix}"), k + 1
-    path.rename(target)
-    return target
+    stamp = _dt.datetime.fromtimestamp(files[0].stat().st_mtime, _dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stem, k = f"{path.stem}.{stamp}", 1
+    while any(path.with_name(stem + p.suffix).exists() for p in files):
+        stem, k = f"{path.stem}.{stamp}.{k}", k + 1
+    for p in files:
+        p.rename(path.with_name(stem + p.suffix))
+    return path.with_name(stem + path.suffix)
 
 
 def _design(kind: str, dim: int, n: int, seed: int) -> np.ndarray:

@@ -553,7 +553,7 @@ class Trainer:
         finally:
             if recorder is not None:
                 recorder.handle.remove()  # idempotent: also after an interrupted epoch
-            self._detach_device_logs(logs)
+            detach_device_logs(self.model, logs)
             if bar:
                 bar.close()
             if writer:
@@ -567,9 +567,6 @@ class Trainer:
         if not (self.out_dir and self.cfg.record_measurements):
             return []
         return attach_device_logs(self.model, self.out_dir, fresh)
-
-    def _detach_device_logs(self, logs: list[Any]) -> None:
-        detach_device_logs(self.model, logs)
 
     def _refit(self, writer: Any, tag: str) -> dict[str, Any]:
         """:func:`refit_readout` on the whole training set in this trainer's mode; its time and device queries
@@ -590,7 +587,7 @@ class Trainer:
         try:
             pred = predict(model, task.x_test, "physical")
         finally:
-            self._detach_device_logs(logs)
+            detach_device_logs(self.model, logs)
         self.eval_queries += _queries(model) - q1
         acc = float((pred == task.y_test).float().mean())
         twin_acc = accuracy(model, task.x_test, task.y_test, "in_silico") if self.mode == "in_silico" else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import datetime as _dt
 import hashlib
 import json
 import math
@@ -17,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .errors import ConfigError, DataError, TwinError
-from .measurements import MeasurementSet
+from .measurements import MeasurementSet, keep_existing
 from .spec import SystemSpec
 
 TWIN_FORMAT = "pnnkit.twin/1"
@@ -32,19 +31,6 @@ def register_twin(cls: type["DigitalTwin"]) -> type["DigitalTwin"]:
 
 def twin_kinds() -> list[str]:
     return sorted(_REGISTRY)
-
-
-def _keep_existing_pair(path: Path) -> None:
-    """Rename an existing twin (``path`` and its ``.json``) to ``<stem>.<mtime>[.k]`` with both suffixes."""
-    files = [p for p in (path, path.with_suffix(".json")) if p.exists()]
-    if not files:
-        return
-    stamp = _dt.datetime.fromtimestamp(files[0].stat().st_mtime, _dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    stem, k = f"{path.stem}.{stamp}", 1
-    while any(path.with_name(stem + p.suffix).exists() for p in files):
-        stem, k = f"{path.stem}.{stamp}.{k}", k + 1
-    for p in files:
-        p.rename(path.with_name(stem + p.suffix))
 
 
 def _import_lab_twin_kinds() -> None:
@@ -94,7 +80,7 @@ class DigitalTwin(nn.Module):
         A twin already saved there is kept: both files are renamed ``<stem>.<its time>``, as measurements are."""
         path = Path(path).with_suffix(".safetensors")
         path.parent.mkdir(parents=True, exist_ok=True)
-        _keep_existing_pair(path)
+        keep_existing(path, companions=(".json",))
         tensors = {k: v.detach().contiguous().clone() for k, v in self.state_dict().items()}
         save_file(tensors, str(path), metadata={"format": TWIN_FORMAT, "kind": self.kind})
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
