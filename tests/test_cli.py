@@ -290,3 +290,33 @@ def test_train_into_a_runs_method_directory_keeps_the_runs_results(tiny_run, tmp
     kept = [p for p in run.glob("in_silico.*") if p.is_dir()]
     assert len(kept) == 1 and (kept[0] / "log.csv").read_text() == before
     assert len((run / "in_silico" / "log.csv").read_text().strip().splitlines()) == 2  # the new run: 1 epoch
+
+
+def test_the_entry_point_reports_running_out_of_memory_in_one_line(monkeypatch, capsys):
+    import pnnkit.cli as cli
+
+    def oom() -> None:
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 3200000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(cli, "app", oom)
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 2
+    assert capsys.readouterr().err == ("error: out of memory (one allocation of 2.98e+03 GiB); use smaller sizes "
+                                       "(batch, samples, channels, depth)\n")
+
+    def bare() -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(cli, "app", bare)
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert capsys.readouterr().err.startswith("error: out of memory; use smaller sizes")
+
+    def other() -> None:
+        raise RuntimeError("a bug, not memory")
+
+    monkeypatch.setattr(cli, "app", other)
+    with pytest.raises(RuntimeError, match="a bug, not memory"):  # anything else keeps its traceback
+        cli.main()

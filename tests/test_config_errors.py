@@ -93,11 +93,29 @@ def test_parse_yaml_is_safe():
 
 @pytest.mark.parametrize("methods, match", [
     ([], "methods: List should have at least 1 item"),
-    (["pat", "pat"], "methods: each method may be listed once; listed more than once: 'pat'"),
+    (["pat", "pat"], "methods: each entry may be listed once; listed more than once: 'pat'"),
     (["in_silico", "pat", "in_silico"], "listed more than once: 'in_silico'"),
 ])
 def test_methods_must_be_a_nonempty_set(methods, match):
     assert match in _error(validate_config, {"methods": methods})
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("depth_sweep", [1, 2, 1], "depth_sweep: each entry may be listed once; listed more than once: 1"),
+    ("sweep_seeds", [3, 3], "sweep_seeds: each entry may be listed once; listed more than once: 3"),
+    ("imperfection_sweep", [0.5, 1.0, 0.5], "imperfection_sweep: each entry may be listed once; listed more than once: 0.5"),
+    ("depth_sweep", [0], "depth_sweep.0: Input should be greater than or equal to 1"),
+    ("imperfection_sweep", [-1.0], "imperfection_sweep.0: Input should be greater than or equal to 0"),
+])
+def test_sweeps_are_sets_of_valid_points(key, value, match):
+    assert match in _error(validate_config, {key: value})
+
+
+def test_set_cannot_index_a_list_the_config_does_not_spell_out():
+    msg = _error(apply_overrides, {"network": {"depth": 1}}, ["network.layer.0.channels=4"])
+    assert msg == ("--set 'network.layer.0.channels=4': network.layer is not in the config, so '0' indexes nothing; "
+                   "set the whole list instead (--set 'network.layer=[...]')")
+    assert apply_overrides({}, ["network.layer=[{type: physical}]"]) == {"network": {"layer": [{"type": "physical"}]}}
 
 
 # 5. hidden widths

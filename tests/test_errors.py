@@ -117,9 +117,11 @@ def test_a_twin_of_the_wrong_width_in_silico_and_a_split_that_cannot_stratify():
     layer = PhysicalLayer(lab, lambda x, p: x[:, :3], mode="in_silico")
     with pytest.raises(TwinError, match=r"the twin returned \(2, 3\), expected \(2, 4\)"):
         layer(torch.zeros(2, 4))
-    for bad in (5, 5000, 2.5):
+    for bad in (5, 5000):
         with pytest.raises(ConfigError, match="test_size must be an integer from 10 to 1787"):
             load_task("digits", test_size=bad)
+    with pytest.raises(ConfigError, match="option 'test_size' must be int, got 2.5"):
+        load_task("digits", test_size=2.5)
 
 
 def test_logs_never_write_into_foreign_files_and_init_batches_must_be_finite(tmp_path):

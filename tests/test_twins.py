@@ -222,3 +222,37 @@ def test_saving_a_twin_twice_keeps_the_first_pair_loadable(lab4, tmp_path):
     assert len(kept) == 1 and kept[0].with_suffix(".json").exists()
     assert DigitalTwin.load(kept[0]).config()["hidden"] == [8]
     assert DigitalTwin.load(tmp_path / "twin.safetensors").config()["hidden"] == [4]
+
+
+@pytest.mark.parametrize("net_dtype, twin_dtype", [(torch.float64, torch.float32), (torch.float32, torch.float64)])
+def test_an_mlp_twin_serves_a_network_of_another_precision(net_dtype, twin_dtype):
+    """PAT's backward runs the twin at the layer's measured input: a float64 network with a float32 twin (or the
+    reverse) gets the twin's VJP in its own dtype, equal to the single-precision result."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from helpers import tanh_system
+
+    from pnnkit.layers import PhysicalLayer
+
+    torch.manual_seed(0)
+    system = tanh_system(4)
+    twin = MLPTwin(system.spec, hidden=(8,)).to(twin_dtype)
+    x = torch.rand(5, 4) - 0.5
+
+    def grads(dtype):
+        torch.manual_seed(1)
+        layer = PhysicalLayer(system, twin).to(dtype)
+        xi = x.to(dtype, copy=True).requires_grad_(True)
+        y = layer(xi)
+        assert y.dtype == dtype
+        (y * torch.arange(4, dtype=dtype)).sum().backward()
+        return [t.grad for t in (xi, *layer.parameters())]
+
+    mixed, same = grads(net_dtype), grads(twin_dtype)
+    assert all(g.dtype == net_dtype for g in mixed)
+    for a, b in zip(mixed, same):
+        torch.testing.assert_close(a.to(torch.float64), b.to(torch.float64), rtol=1e-5, atol=1e-6)
+    params = {p.name: torch.zeros(p.shape, dtype=net_dtype) for p in system.spec.params}
+    assert twin(x.to(net_dtype), params).dtype == net_dtype  # in silico the twin's output takes the input's dtype

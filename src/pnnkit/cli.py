@@ -237,5 +237,26 @@ def labs() -> None:
         typer.echo(n)
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def _out_of_memory(e: BaseException) -> str | None:
+    """A one-line description if ``e`` is an allocation failure (Python's or torch's), else None."""
+    import re
+
+    if isinstance(e, MemoryError):
+        return "out of memory"
+    text = str(e)
+    if isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower()):
+        m = re.search(r"allocate (\d+) bytes", text)
+        return "out of memory" + (f" (one allocation of {int(m.group(1)) / 2**30:.3g} GiB)" if m else "")
+    return None
+
+
+def main() -> None:
+    """Console entry point: :data:`app`, with an allocation failure reported in one line instead of a traceback."""
+    try:
+        app()
+    except (MemoryError, RuntimeError) as e:
+        what = _out_of_memory(e)
+        if what is None:
+            raise
+        typer.echo(f"error: {what}; use smaller sizes (batch, samples, channels, depth)", err=True)
+        raise SystemExit(2) from None

@@ -162,18 +162,20 @@ class ExperimentConfig(_Strict):
     methods: list[Literal["pat", "in_silico", "exact"]] = Field(["pat", "in_silico"], min_length=1)
     cv_folds: int = Field(0, ge=0, description="k-fold cross-validation of every method (0: off)")
     digital_baseline: DigitalBaselineConfig | None = None
-    depth_sweep: list[int] = Field([], description="network depths to train every method at (same lab and twin)")
-    imperfection_sweep: list[float] = Field([], description="imperfection scales; the twin is refitted per scale")
+    depth_sweep: list[Annotated[int, Field(ge=1)]] = Field(
+        [], description="network depths to train every method at (same lab and twin)")
+    imperfection_sweep: list[Annotated[float, Field(ge=0)]] = Field(
+        [], description="imperfection scales; the twin is refitted per scale")
     sweep_seeds: list[Seed] = Field(
         [], description="network seeds (initial weights, batch order) for every sweep point; rows report the mean "
         "over seeds, its std and the per-seed values ([]: the config's seed only)")
 
-    @field_validator("methods")
+    @field_validator("methods", "depth_sweep", "imperfection_sweep", "sweep_seeds")
     @classmethod
-    def _distinct_methods(cls, v: list[str]) -> list[str]:
+    def _distinct(cls, v: list[Any]) -> list[Any]:
         dup = sorted({m for m in v if v.count(m) > 1})
         if dup:
-            raise ValueError(f"each method may be listed once; listed more than once: {', '.join(map(repr, dup))}")
+            raise ValueError(f"each entry may be listed once; listed more than once: {', '.join(map(repr, dup))}")
         return v
 
 
@@ -348,6 +350,10 @@ def apply_overrides(data: Any, overrides: Sequence[str]) -> Any:
                 cur[idx] = _parse_value(text, item)
             else:
                 if isinstance(cur, dict) and cur.get(idx) is None:
+                    if re.fullmatch(r"-?\d+", parts[i + 1]):
+                        here = ".".join(parts[: i + 1])
+                        raise ConfigError(f"--set {item!r}: {here} is not in the config, so {parts[i + 1]!r} indexes "
+                                          f"nothing; set the whole list instead (--set '{here}=[...]')")
                     cur[idx] = {}
                 cur = cur[idx]
     return data

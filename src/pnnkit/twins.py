@@ -192,9 +192,11 @@ class MLPTwin(DigitalTwin):
         self.out_std.copy_(y.std(0).clamp_min(1e-8 * (y.abs().max() + 1e-30)).clamp_min(1e-12))
 
     def forward(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
-        z = torch.cat([x, _flat_params(self.spec, params, x.shape[0]).to(x.dtype)], dim=1)
-        z = (z - self.in_center.to(x.dtype)) / self.in_halfwidth.to(x.dtype)
-        return self.net(z) * self.out_std.to(x.dtype) + self.out_mean.to(x.dtype)
+        """Computed in the twin's own precision (its weights'); returned in ``x``'s, like a device's reading."""
+        dt = self.in_center.dtype
+        z = torch.cat([x.to(dt), _flat_params(self.spec, params, x.shape[0]).to(dt)], dim=1)
+        z = (z - self.in_center) / self.in_halfwidth
+        return (self.net(z) * self.out_std + self.out_mean).to(x.dtype)
 
 
 @dataclass

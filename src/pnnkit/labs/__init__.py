@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..options import check_options
 from ..system import PhysicalSystem
 
 
@@ -88,6 +89,7 @@ def make_lab(name: str, **options: Any) -> PhysicalSystem:
         raise ConfigError(f"lab {name!r} has no option {unknown[0]!r}"
                           + (f" (did you mean {hint[0]!r}?)" if hint else "")
                           + f"; its options: {', '.join(sorted(accepted or ()))}")
+    options = check_options(f"lab {name!r}", _OPTIONS_OF.get(name, factory), options)
     try:
         return factory(**options)
     except TypeError as e:

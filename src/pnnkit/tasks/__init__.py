@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
+from ..options import check_options
 
 
 @dataclass
@@ -125,6 +126,10 @@ def load_task(name: str, **options: Any) -> ClassificationTask:
         importlib.import_module(_TASK_MODULES[name])
     if name not in _TASKS:
         raise ConfigError(f"unknown task {name!r}; available: {', '.join(task_names())}")
+    options = check_options(f"task {name!r}", _TASKS[name], options)
+    seed = options.get("seed", 0)
+    if isinstance(seed, int) and not 0 <= seed < 2**32:
+        raise ConfigError(f"task {name!r}: option 'seed' must be in 0 … 2**32 − 1, got {seed}")
     try:
         return _TASKS[name](**options)
     except TypeError as e:

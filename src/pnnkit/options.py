@@ -1,0 +1,78 @@
+"""Keyword options of labs and tasks, checked against the annotations of the parameters they go to.
+
+A config's ``lab.options`` and ``task.options`` are plain YAML values. Before a lab or task is built, each value whose
+parameter is annotated with a plain type (``int``, ``float``, ``bool``, ``str``, or one of them ``| None``) is
+validated by pydantic and converted (``49.0`` → 49, the YAML-1.1 string ``"5e-6"`` → 5e-6); a value that does not fit
+is named in a one-line :class:`~pnnkit.errors.ConfigError` instead of failing somewhere inside the constructor. A
+mapping given for a dataclass-annotated parameter (``timing: {t_segment: 5e-6}``) has its keys checked the same way
+against the dataclass's fields. Parameters with other annotations (tensors, dtypes) are passed on unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Callable
+
+from pydantic import TypeAdapter, ValidationError
+
+from .errors import ConfigError
+
+_PLAIN = (int, float, bool, str)
+
+
+def _parts(hint: Any) -> tuple[Any, ...]:
+    """The members of a union annotation (the annotation itself otherwise)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _is_plain(hint: Any) -> bool:
+    parts = _parts(hint)
+    return any(p in _PLAIN for p in parts) and all(p in _PLAIN or p is type(None) for p in parts)
+
+
+def _type_name(hint: Any) -> str:
+    return " or ".join("None" if p is type(None) else p.__name__ for p in _parts(hint))
+
+
+def _hints(target: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(target.__init__ if isinstance(target, type) else target)
+    except Exception:  # unresolvable annotations: nothing to check against
+        return {}
+
+
+def _convert(what: str, key: str, hint: Any, value: Any) -> Any:
+    parts = _parts(hint)
+    if isinstance(value, bool) and bool not in parts:
+        raise ConfigError(f"{what}: option {key!r} must be {_type_name(hint)}, got {value!r}")
+    try:
+        return TypeAdapter(hint).validate_python(value)
+    except ValidationError:
+        raise ConfigError(f"{what}: option {key!r} must be {_type_name(hint)}, got {value!r}") from None
+
+
+def check_options(what: str, target: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with every plain-typed value validated and converted against ``target``'s annotations.
+
+    ``what`` names the thing being built in errors (``"lab 'circuit'"``); ``target`` is the class or function
+    whose parameters the options are. Unknown option names are not this function's concern (they are passed on).
+    """
+    hints = _hints(target)
+    out = dict(options)
+    for key, value in options.items():
+        hint = hints.get(key)
+        if hint is None:
+            continue
+        if _is_plain(hint):
+            out[key] = _convert(what, key, hint, value)
+        elif isinstance(value, dict):
+            cls = next((p for p in _parts(hint) if dataclasses.is_dataclass(p)), None)
+            if cls is not None:
+                fields = _hints(cls)
+                out[key] = {k: _convert(what, f"{key}.{k}", fields[k], v) if _is_plain(fields.get(k)) else v
+                            for k, v in value.items()}
+    return out
