@@ -259,3 +259,15 @@ def test_adjoint_jacobian_matches_autograd_in_every_region(model: str) -> None:
     assert torch.allclose(full[:, 1, 1], torch.full_like(vb, -ode.rs * ode.inv_l))
     assert torch.allclose(full[:, 1, 2], torch.full_like(vb, -ode.inv_l))
     assert torch.allclose(full[:, 2, 1], torch.full_like(vb, ode.inv_ct))
+
+
+def test_a_declared_range_beyond_the_daq_is_refused():
+    """Levels beyond the DAQ's ±10 V would be clipped by its quantiser without an error: refused at build time."""
+    from pnnkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^circuit: input_max/param_max \(12 V\) exceed the DAQ's ±10 V output "
+                                          r"range \(imperfections.drive_range\)$"):
+        make_lab("circuit", n_inputs=2, n_params=2, output_dim=2, input_max=12.0, backend="ode")
+    with pytest.raises(ConfigError, match=r"\(10.5 V\) exceed the DAQ's ±10 V"):
+        make_lab("circuit", n_inputs=2, n_params=2, output_dim=2, param_max=10.5, backend="ode")
+    assert make_lab("circuit", n_inputs=2, n_params=2, output_dim=2, input_max=10.0, backend="ode").spec.input_high == 10.0

@@ -323,3 +323,25 @@ def test_twin_per_mode_calibration_reproduces_a_unit_and_is_trainable() -> None:
     fresh = PlateLab(ideal=True, **cfg).ideal_twin().double()
     fresh.load_state_dict(old)
     assert float(fresh.mode_freq.detach().abs().sum()) == 0.0
+
+
+def test_a_samples_acoustic_noise_does_not_depend_on_its_batch() -> None:
+    """The band-limited room noise is scaled by the microphone filter's own gain, row by row: the same white-noise
+    draw gives the same noise in a batch of one as in a batch of 64 (a batch-rms normalisation would not)."""
+    lab = PlateLab(n_modes=8)
+    w = torch.randn(64, 1024, generator=torch.Generator().manual_seed(3), dtype=F64)
+    batch = lab._mic_band(w)
+    assert torch.allclose(lab._mic_band(w[:1]), batch[:1], rtol=0, atol=1e-15)
+    assert torch.allclose(lab._mic_band(2 * w[:1]), 2 * batch[:1], rtol=0, atol=1e-15)
+    assert batch.pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=0.05)  # unit rms in expectation
+    assert abs(lab._mic_band(w[:1]).pow(2).mean().sqrt().item() - 1.0) > 1e-6  # no per-batch renormalisation
+
+
+def test_a_dac_too_small_for_the_declared_drive_is_refused() -> None:
+    from pnnkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^plate: the DAC's ±1.2 V \(design.dac_full_scale\) cannot play the "
+                                          r"declared drive of ±1.5 V; use dac_full_scale ≥ 1.5$"):
+        make_lab("plate", n_modes=4, bias=True, design={"dac_full_scale": 1.2})
+    assert make_lab("plate", n_modes=4, design={"dac_full_scale": 1.0}).design.dac_full_scale == 1.0
+    assert make_lab("plate", n_modes=4, ideal=True, bias=True, design={"dac_full_scale": 1.2}) is not None

@@ -262,6 +262,9 @@ class MeasurementLog:
                 g.create_dataset(p.name, (0, *p.shape), maxshape=(None, *p.shape), dtype="f4", chunks=True)
         elif SystemSpec.from_dict(json.loads(f.attrs["spec"])) != spec:
             raise DataError(f"measurement log {self.path} belongs to another system; choose a new file")
+        # dataset handles looked up once: h5py's name lookup costs as much as a small measurement per call
+        self._x, self._y, self._call = f["x"], f["y"], f["call"]
+        self._params = {p.name: f["params"][p.name] for p in spec.params}
 
     @staticmethod
     def _append(d: h5py.Dataset, v: np.ndarray) -> None:
@@ -270,21 +273,21 @@ class MeasurementLog:
         d[n:] = v
 
     def append(self, x: Tensor, params: dict[str, Tensor], y: Tensor) -> None:
-        f = self._f
-        call = f["params"][self.spec.params[0].name].shape[0] if self.spec.params else int(f["call"].shape[0])
+        dsets = self._params
+        call = dsets[self.spec.params[0].name].shape[0] if self.spec.params else int(self._call.shape[0])
         batched = any(v.dim() > len(self.spec.param(k).shape) for k, v in params.items())
         if batched:  # per-sample θ: one 'call' row per sample
             for k, v in params.items():
-                self._append(f["params"][k], v.detach().cpu().float().numpy())
+                self._append(dsets[k], v.detach().cpu().float().numpy())
             calls = np.arange(call, call + x.shape[0])
         else:
             for k, v in params.items():
-                self._append(f["params"][k], v.detach().cpu().float().numpy()[None])
+                self._append(dsets[k], v.detach().cpu().float().numpy()[None])
             calls = np.full(x.shape[0], call)
-        self._append(f["x"], x.detach().cpu().float().numpy())
-        self._append(f["y"], y.detach().cpu().float().numpy())
-        self._append(f["call"], calls)
-        f.flush()
+        self._append(self._x, x.detach().cpu().float().numpy())
+        self._append(self._y, y.detach().cpu().float().numpy())
+        self._append(self._call, calls)
+        self._f.flush()
 
     def __len__(self) -> int:
         return int(self._f["x"].shape[0])

@@ -89,7 +89,7 @@ class PlateDesign:
             capsule vent + AC coupling) and low-pass (8 kHz, capsule roll-off + anti-alias filter).
         pressure_gain: fixed scale from plate acceleration to the recorded signal, chosen once so that the
             ideal lab's features are O(1) for uniform random inputs at drive_scale 1 (see docs).
-        adc_full_scale: ADC range ±full_scale in the recorded (normalised) units (8.0, ≈ 4× the typical peak).
+        adc_full_scale: ADC range ±full_scale in the recorded (normalised) units (16.0, ≈ 2× the peak of ±1 V binary drive).
         dac_full_scale: DAC range ±full_scale in V (2.0; inputs use ±1 V, inputs + bias ±1.5 V).
     """
 
@@ -149,7 +149,7 @@ class PlateImperfections:
         acoustic_noise: rms room noise at the microphone output in the normalised units of the recording at
             drive_scale 1 (1e-3 ≈ −60 dB below the typical signal: 40–45 dB SPL room vs ~100 dB SPL plate).
             It does not scale with the drive, so it matters more at small drive_scale.
-        electronic_noise: rms preamp + ADC noise in ADC units (2.5e-4 ≈ −90 dB re full scale ±8).
+        electronic_noise: rms preamp + ADC noise in ADC units (5e-4 ≈ −90 dB re full scale ±16).
         jitter: std (s) of the delay between drive and recording, drawn per recording (3e-6 s ≈ 0.1 ADC
             sample at 32 kHz: a duplex audio interface restarting its streams at 192 kHz aligns them to its
             5.2 µs sample period, ± about one sample across the clock-domain crossing).
@@ -785,6 +785,10 @@ class PlateLab(VirtualLab):
         self.n_modes, self.unit, self.ideal, self.dtype = int(n_modes), int(unit), bool(ideal), dtype
         self.imperfections = PlateImperfections.none() if ideal else (imperfections or PlateImperfections())
         imp = self.imperfections
+        peak = 1.0 + (0.5 if self.model.bias else 0.0)  # θ and x within ±1 V, bias ±0.5 V on the data
+        if imp.dac_bits and self.design.dac_full_scale < peak:
+            raise ConfigError(f"plate: the DAC's ±{self.design.dac_full_scale:g} V (design.dac_full_scale) cannot play "
+                              f"the declared drive of ±{peak:g} V; use dac_full_scale ≥ {peak:g}")
         self.nominal = PlatePhysics.from_design(self.design, self.n_modes)
         self.physics = self.nominal if ideal else self._unit_physics()
         g = torch.Generator().manual_seed(7_919 * (self.unit + 1) + 1)
@@ -888,15 +892,22 @@ class PlateLab(VirtualLab):
         return y
 
     def _band_noise(self, B: int, T: int, dt: torch.dtype) -> Tensor:
-        """Unit-rms white noise shaped by the microphone band-pass (circular FFT filter)."""
+        """(B, T) white noise shaped by the microphone band-pass, unit rms in expectation."""
         w = torch.randn(B, T, generator=self._noise, dtype=torch.float64)
+        return self._mic_band(w).to(dt)
+
+    def _mic_band(self, w: Tensor) -> Tensor:
+        """Rows of ``w`` filtered by the microphone band-pass (circular FFT filter) and divided by the filter's rms
+        gain ‖h‖, h = irfft(H): unit white noise comes out with unit rms in expectation, and each row's result
+        depends on that row alone (a sample's noise must not depend on what else is measured with it)."""
+        T = w.shape[-1]
         f = torch.fft.rfftfreq(T, d=1.0 / (self.model.sample_rate * self.model.substeps)).to(torch.float64)
         s = 2j * math.pi * f
         qb = 1 / math.sqrt(2)
         wh, wl = self.physics.mic_omega_h, self.physics.mic_omega_l
         H = (s**2 / (s**2 + s * wh / qb + wh**2)) * (wl**2 / (s**2 + s * wl / qb + wl**2))
-        out = torch.fft.irfft(torch.fft.rfft(w) * H, n=T)
-        return (out / out.pow(2).mean().sqrt().clamp_min(1e-30)).to(dt)
+        gain = torch.fft.irfft(H, n=T).norm().clamp_min(1e-30)
+        return torch.fft.irfft(torch.fft.rfft(w) * H, n=T) / gain
 
     def measure(self, x: Tensor, params: Params) -> Tensor:
         with _one_thread():  # every op here is small enough that threading only costs (see _one_thread)

@@ -17,7 +17,7 @@ rad/fs, SH offset w = u + v from 2ω₀)::
 of the optics, and ``R`` the spectrometer's binning (resolution blur and calibration offset included). The sum over
 pairs is an all-to-all quadratic map of the pixel values. It is evaluated either directly (outer product times a
 precomputed pair tensor, anti-diagonal sums) or with FFT autoconvolutions (exact when k''_F = 0; otherwise a
-Gauss–Legendre quadrature over the crystal length, since sinc(ΔkL/2)e^{iΔkL/2} = (1/L)∫₀ᴸ e^{iΔk z} dz and the
+quadrature over the crystal length (Filon-type weights at Chebyshev nodes), since sinc(ΔkL/2)e^{iΔkL/2} = (1/L)∫₀ᴸ e^{iΔk z} dz and the
 integrand factorises per z). Output: bin power divided by a fixed reference of the design (the brightest bin
 with every pixel at 0.5), so outputs are O(1) and samples never couple.
 """
