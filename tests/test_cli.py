@@ -254,7 +254,7 @@ def test_evaluate_takes_a_runs_weights_keeps_its_measurements_and_names_bad_weig
     for args, msg in [([str(cfg), "--weights", str(trunc)], "cannot read weights"),
                       ([str(cfg), "--weights", str(tmp_path)], "is a directory"),
                       ([str(cfg), "--weights", str(tmp_path / "nope.safetensors")], "weights file not found"),
-                      ([str(other), "--weights", weights], "do not fit this config's network: missing 1.bias, 1.scale")]:
+                      ([str(other), "--weights", weights], "do not fit this network: missing 1.bias, 1.scale")]:
         res = runner.invoke(app, ["evaluate", *args, "--log", str(tmp_path / "bad")])
         assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (args, res.output)
 
@@ -320,3 +320,26 @@ def test_the_entry_point_reports_running_out_of_memory_in_one_line(monkeypatch, 
     monkeypatch.setattr(cli, "app", other)
     with pytest.raises(RuntimeError, match="a bug, not memory"):  # anything else keeps its traceback
         cli.main()
+
+
+def test_evaluate_unit_and_train_twin_are_checked_before_anything_is_written(tiny_run, tmp_path):
+    from pnnkit.config import SEED_LIMIT
+    from pnnkit.errors import ConfigError
+    from pnnkit.experiments import rebuild_run
+
+    d, cfg, _ = tiny_run
+    weights = d / "out" / "pat" / "model.safetensors"
+    for unit, bound in (("-1", "greater than or equal to 0"), (str(10**23), f"less than {SEED_LIMIT}")):
+        res = runner.invoke(app, ["evaluate", str(cfg), "--weights", str(weights), "--unit", unit,
+                                  "--log", str(tmp_path / "ev")])
+        assert res.exit_code == 2 and f"lab.unit: Input should be {bound}" in res.output, res.output
+    assert not (tmp_path / "ev").exists()
+    res = runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "t"), "--twin", str(tmp_path / "nope.safetensors")])
+    assert res.exit_code == 2 and "twin file missing" in res.output and not (tmp_path / "t").exists(), res.output
+    res = runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "t"), "--method", "in_silico",
+                              "--twin", str(d / "out" / "twin.safetensors"), "--set", "training.epochs=1"])
+    assert res.exit_code == 0, res.output
+    with pytest.raises(ConfigError, match=r"holds no config.json of a pnnkit run; `pnnkit train` keeps its config "
+                                          r"in DIR/<method>: try .*t/in_silico$"):
+        rebuild_run(tmp_path / "t")
+    assert rebuild_run(tmp_path / "t" / "in_silico")[0].training.epochs == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -146,3 +148,105 @@ def test_logs_never_write_into_foreign_files_and_init_batches_must_be_finite(tmp
         r.set_from_batch(x)
     with pytest.raises(ConfigError, match="needs at least one channel"):
         ParallelPhysical([])
+
+
+# --- a new user's mistakes (session 12 walkthrough) -----------------------------------------------------------
+
+
+def test_integer_inputs_get_a_floating_reading_not_a_truncated_one():
+    import numpy as np
+
+    s = FunctionSystem(lambda x, p: 1.1 * np.tanh(2 * x), tanh_spec(4), numpy=True)
+    y = s(torch.ones(2, 4, dtype=torch.int64), P)
+    assert y.dtype == torch.float64 and torch.allclose(y, torch.full((2, 4), 1.1 * math.tanh(2.0), dtype=torch.float64))
+    t = FunctionSystem(lambda x, p: x * 1.5, tanh_spec(4))  # a torch device answering in its input's integer dtype
+    yt = t(torch.ones(2, 4, dtype=torch.int64), P)
+    assert yt.dtype == torch.get_default_dtype() and bool((yt == 1.5).all())
+    assert s(torch.ones(2, 4, dtype=torch.float32), P).dtype == torch.float32  # float input: its own precision
+
+
+def test_a_system_without_a_spec_and_bad_spec_fields_are_named():
+    from pnnkit import PhysicalSystem, SystemSpec
+
+    class NoSpec(PhysicalSystem):
+        def measure(self, x, params):
+            return x
+
+    with pytest.raises(ConfigError, match=r"^NoSpec has no spec: set self.spec = SystemSpec\(...\) in its __init__$"):
+        NoSpec()(torch.zeros(1, 2), {})
+    assert repr(NoSpec()) == "NoSpec(no spec)"
+    with pytest.raises(ConfigError, match=r"^system 's': input_dim must be an integer, got 4.5$"):
+        SystemSpec("s", 4.5, 4, -1.0, 1.0)
+    with pytest.raises(ConfigError, match=r"^system 's': params must be a tuple of ParamSpec, got \[1\]$"):
+        SystemSpec("s", 4, 4, -1.0, 1.0, params=[1])
+    one = ParamSpec("w", (4,), -1.0, 1.0)
+    assert SystemSpec("s", 4, 4, -1.0, 1.0, params=one).params == (one,)  # a single block is taken as one
+
+
+def test_calling_a_twin_checks_shapes_against_its_spec():
+    from pnnkit import MLPTwin
+
+    twin = MLPTwin(tanh_spec(4), hidden=(4,))
+    with pytest.raises(ShapeError, match=r"^twin of 'tanh': x must have shape \(batch, 4\), got \(2, 8\)$"):
+        twin(torch.zeros(2, 8), P)
+    with pytest.raises(ShapeError, match=r"^twin of 'tanh': parameters \['b'\] missing \(it takes \['W', 'b'\]\)$"):
+        twin(torch.zeros(2, 4), {"W": torch.zeros(4, 4)})
+    with pytest.raises(ShapeError, match=r"parameter 'b' must have shape \(4,\) or \(2, 4\), got \(3,\)"):
+        twin(torch.zeros(2, 4), {"W": torch.zeros(4, 4), "b": torch.zeros(3)})
+    per_sample = {"W": torch.zeros(2, 4, 4), "b": torch.zeros(2, 4)}
+    assert twin(torch.zeros(2, 4), per_sample).shape == (2, 4) == twin(torch.zeros(2, 4), P).shape
+
+
+def test_twin_and_measurement_paths_that_are_not_files_of_theirs(tmp_path):
+    from pnnkit import DigitalTwin, MeasurementSet, MLPTwin, TwinError
+
+    with pytest.raises(TwinError, match=r"is a directory; give a twin's .safetensors \(or .json\) file$"):
+        DigitalTwin.load(tmp_path)
+    with pytest.raises(TwinError, match=r"device.h5 is not a twin: a twin is the .safetensors \+ .json pair"):
+        DigitalTwin.load(tmp_path / "device.h5")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(TwinError, match=r"model.safetensors has no model.json beside it, so it is not a twin"):
+        DigitalTwin.load(tmp_path / "model.safetensors")
+    with pytest.raises(TwinError, match=r"is a directory"):
+        MLPTwin(tanh_spec(4), hidden=(4,)).save(tmp_path)
+    m = MeasurementSet(tanh_spec(4), torch.zeros(3, 4), {"W": torch.zeros(3, 4, 4), "b": torch.zeros(3, 4)},
+                       torch.zeros(3, 4))
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(DataError, match=r"runs is a directory; give a file name"):
+        m.save(tmp_path / "runs")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "runs"]  # nothing renamed or written
+    assert repr(m) == "MeasurementSet('tanh', 3 samples × 1 repeats, in=4, out=4, params=['W', 'b'])"
+
+
+def test_weights_and_twins_are_written_readable_like_other_files(tmp_path):
+    import os
+    import stat
+
+    from pnnkit import MLPTwin, load_weights, save_weights
+
+    umask = os.umask(0o022)
+    try:
+        net = torch.nn.Sequential(torch.nn.Linear(3, 2))
+        save_weights(net, tmp_path / "w.safetensors")
+        MLPTwin(tanh_spec(4), hidden=(4,)).save(tmp_path / "twin")
+    finally:
+        os.umask(umask)
+    for name in ("w.safetensors", "twin.safetensors", "twin.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    other = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    load_weights(other, tmp_path / "w.safetensors")
+    assert torch.equal(other[0].weight, net[0].weight)
+    with pytest.raises(ConfigError, match=r"do not fit this network: missing 1.bias, 1.weight; unexpected 0.bias, 0.weight$"):
+        load_weights(torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(3, 2)), tmp_path / "w.safetensors")
+
+
+def test_a_task_of_numpy_arrays_is_named_as_such():
+    import numpy as np
+
+    from pnnkit import ClassificationTask, TrainConfig, Trainer
+
+    t = ClassificationTask("np", np.zeros((4, 4), np.float32), np.zeros(4, np.int64), torch.zeros(2, 4),
+                           torch.zeros(2, dtype=torch.long), ["a", "b"])
+    with pytest.raises(ConfigError, match=r"^task 'np': x_train must be a torch.Tensor, got ndarray "
+                                          r"\(convert with torch.as_tensor\)$"):
+        Trainer(torch.nn.Linear(4, 2), t, "pat", TrainConfig(epochs=1, progress=False))

@@ -8,11 +8,14 @@ Public API (everything else is internal):
   twins     :class:`DigitalTwin`, :class:`MLPTwin`, :func:`fit_twin`, :func:`evaluate_twin`,
             :class:`MeasurementSet`, :func:`acquire`
   labs      :func:`make_lab`, :func:`lab_names`
+  training  :class:`Trainer`, :class:`TrainConfig`, :class:`TrainResult`, :class:`ClassificationTask`,
+            :func:`save_weights`, :func:`load_weights`
   errors    :class:`PnnkitError` and subclasses
 """
 
 from __future__ import annotations
 
+from .checkpoint import load_weights, save_weights
 from .errors import ConfigError, DataError, DeviceError, PnnkitError, RangeError, ShapeError, TwinError
 from .labs import lab_names, make_lab
 from .layers import (
@@ -31,6 +34,7 @@ from .layers import (
 from .measurements import MeasurementLog, MeasurementSet, acquire
 from .pat import pat_forward, twin_vjp
 from .spec import ParamSpec, SystemSpec
+from .tasks import ClassificationTask
 from .system import FunctionSystem, PhysicalSystem
 from .twins import DigitalTwin, FitReport, MLPTwin, evaluate_twin, fit_twin, register_twin
 from .training import TrainConfig, Trainer, TrainResult
@@ -45,6 +49,6 @@ __all__ = [
     "MeasurementLog", "MeasurementSet", "acquire", "pat_forward", "twin_vjp",
     "ParamSpec", "SystemSpec", "FunctionSystem", "PhysicalSystem",
     "DigitalTwin", "FitReport", "MLPTwin", "evaluate_twin", "fit_twin", "register_twin",
-    "TrainConfig", "Trainer", "TrainResult",
+    "TrainConfig", "Trainer", "TrainResult", "ClassificationTask", "save_weights", "load_weights",
     "__version__",
 ]

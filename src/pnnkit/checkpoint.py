@@ -1,16 +1,19 @@
-"""Pickle-free checkpoints: tensors in safetensors, structure and scalars in JSON."""
+"""Pickle-free persistence: checkpoints (tensors in safetensors, structure and scalars in JSON) and network weights
+(:func:`save_weights` / :func:`load_weights`, one safetensors file)."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+import torch
 from torch import Tensor
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 _T = "__tensor__"
 
@@ -42,6 +45,15 @@ def _join(obj: Any, tensors: dict[str, Tensor]) -> Any:
     return obj
 
 
+def write_safetensors(tensors: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file``, then the file's permissions set from the umask like any other file the run
+    writes (safetensors creates it readable by its owner only, so colleagues could not read shared weights)."""
+    save_file(tensors, str(path), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``path``.safetensors + ``path``.json atomically (JSON written last marks completion)."""
     path = Path(path)
@@ -49,7 +61,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     tensors: dict[str, Tensor] = {}
     tree = _split(state, "s", tensors)
     w, j = path.with_suffix(".safetensors"), path.with_suffix(".json")
-    save_file(tensors, str(w) + ".tmp")
+    write_safetensors(tensors, str(w) + ".tmp")
     Path(str(w) + ".tmp").replace(w)
     Path(str(j) + ".tmp").write_text(json.dumps(tree))
     Path(str(j) + ".tmp").replace(j)
@@ -69,3 +81,41 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return _join(tree, tensors)
 
 
+def save_weights(model: torch.nn.Module, path: str | Path) -> Path:
+    """Write ``model``'s ``state_dict`` (θ in physical units and digital weights; not a twin) to one safetensors
+    file, as ``pnnkit run`` writes ``METHOD/model.safetensors``. Read it back with :func:`load_weights`."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give a file name (e.g. {path / 'model.safetensors'})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_safetensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path)
+    return path
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load ``path`` into ``model``: a file of :func:`save_weights` (a run's ``model.safetensors``), or a run's
+    ``checkpoint.safetensors`` (its ``model`` part). Errors name the file and what does not fit."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"weights file not found: {path}")
+    if path.is_dir():
+        raise ConfigError(f"weights {path} is a directory; give its model.safetensors or checkpoint.safetensors")
+    if path.stem == "checkpoint" and path.with_suffix(".json").exists():
+        state = load_checkpoint(path)["model"]
+    else:
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise ConfigError(f"cannot read weights {path} as safetensors: {e}") from None
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} ≠ {tuple(v.shape)}" for k, v in own.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+
+    def some(label: str, items: list[str], sep: str = ", ", n: int = 4) -> list[str]:
+        return [f"{label} {sep.join(items[:n])}" + (" …" if len(items) > n else "")] if items else []
+
+    problems = some("missing", missing) + some("unexpected", unexpected) + some("shapes", shapes, "; ", 3)
+    if problems:
+        raise ConfigError(f"weights {path} do not fit this network: {'; '.join(problems)}")
+    model.load_state_dict(state)

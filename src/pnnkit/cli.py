@@ -189,15 +189,14 @@ def evaluate(
     """Deploy trained weights on the lab (physical mode), print the test accuracy, and keep every measurement in
     LOG/evaluate_unit<N>.h5."""
     from .config import load_config
-    from .experiments import build_lab, load_weights
+    from .checkpoint import load_weights
+    from .experiments import build_lab
     from .networks import build_network
     from .tasks import load_task
     from .training import accuracy, attach_device_logs, detach_device_logs
 
     try:
-        cfg = load_config(config, set_ or ())
-        if unit is not None:
-            cfg.lab.unit = unit
+        cfg = load_config(config, [*(set_ or ()), *([f"lab.unit={unit}"] if unit is not None else [])])
         task = load_task(cfg.task.name, **cfg.task.options)
         system = build_lab(cfg.lab)
         model = build_network(cfg.network, task.n_features, task.n_classes, system, None, seed=cfg.seed)

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from . import __version__
 from .config import DigitalBaselineConfig, ExperimentConfig, LabConfig, TwinConfig, validate_config
+from .checkpoint import save_weights
 from .errors import ConfigError, PnnkitError
 from .labs import make_lab
 from .measurements import MeasurementSet, acquire, keep_existing
@@ -94,41 +94,8 @@ def train_method(
     trainer = Trainer(model, task, method, tc, out_dir)  # type: ignore[arg-type]
     result = trainer.fit(resume=resume)
     if out_dir is not None:  # the trained weights, for `pnnkit evaluate --weights`
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "model.safetensors"))
+        save_weights(model, out_dir / "model.safetensors")
     return model, result
-
-
-def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load ``path`` into ``model``: a ``model.safetensors`` of a run or ``pnnkit train``, or a run's
-    ``checkpoint.safetensors`` (its ``model`` part). Errors name the file and what does not fit."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from .checkpoint import load_checkpoint
-
-    if not path.exists():
-        raise ConfigError(f"weights file not found: {path}")
-    if path.is_dir():
-        raise ConfigError(f"weights {path} is a directory; give its model.safetensors or checkpoint.safetensors")
-    if path.stem == "checkpoint" and path.with_suffix(".json").exists():
-        state = load_checkpoint(path)["model"]
-    else:
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError) as e:
-            raise ConfigError(f"cannot read weights {path} as safetensors: {e}") from None
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    shapes = [f"{k} {tuple(state[k].shape)} ≠ {tuple(v.shape)}" for k, v in own.items()
-              if k in state and tuple(state[k].shape) != tuple(v.shape)]
-
-    def some(label: str, items: list[str], sep: str = ", ", n: int = 4) -> list[str]:
-        return [f"{label} {sep.join(items[:n])}" + (" …" if len(items) > n else "")] if items else []
-
-    problems = some("missing", missing) + some("unexpected", unexpected) + some("shapes", shapes, "; ", 3)
-    if problems:
-        raise ConfigError(f"weights {path} do not fit this config's network: {'; '.join(problems)}")
-    model.load_state_dict(state)
 
 
 def _train_config(cfg: ExperimentConfig, **kw: Any) -> TrainConfig:
@@ -153,6 +120,10 @@ def rebuild_run(
     ``workers`` option) and network, built on the run's saved twin (frozen) with untrained weights; load a
     ``<method>/checkpoint.safetensors`` into it for the trained ones."""
     run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        inner = sorted(p.parent.name for p in run_dir.glob("*/config.json"))
+        hint = f"; `pnnkit train` keeps its config in DIR/<method>: try {run_dir / inner[0]}" if inner else ""
+        raise ConfigError(f"{run_dir} holds no config.json of a pnnkit run{hint}")
     raw = json.loads((run_dir / "config.json").read_text())
     cfg = validate_config(raw, str(run_dir), [] if workers is None else [f"lab.options.workers={workers}"])
     task = load_task(cfg.task.name, **cfg.task.options)
@@ -232,10 +203,13 @@ def twin_to_use(cfg: TwinConfig, out: Path, resume: bool) -> TwinConfig:
 
 def build_pieces(cfg: ExperimentConfig) -> tuple[ClassificationTask, PhysicalSystem, int]:
     """The task and lab of ``cfg``, and the digital parameter count of its network, built before anything is
-    measured or written: a bad ``training.augment`` or a network that does not fit the task and lab fails here."""
+    measured or written: a bad ``training.augment``, a network that does not fit the task and lab, or a ``twin.path``
+    that is not a twin of this lab fails here."""
     task = load_task(cfg.task.name, **cfg.task.options)
     augmentation(_augment_spec(cfg), task)
     system = build_lab(cfg.lab)
+    if cfg.twin.path:
+        DigitalTwin.load(cfg.twin.path, system.spec)
     net = build_network(cfg.network, task.n_features, task.n_classes, system, None, seed=cfg.seed)
     return task, system, count_digital_parameters(net)
 

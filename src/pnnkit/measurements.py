@@ -36,6 +36,10 @@ class MeasurementSet:
     y: Tensor
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        return (f"MeasurementSet({self.spec.name!r}, {self.x.shape[0]} samples × {self.y.shape[1]} repeats, "
+                f"in={self.spec.input_dim}, out={self.spec.output_dim}, params={self.spec.param_names})")
+
     def __post_init__(self) -> None:
         spec = self.spec
         if not isinstance(self.x, Tensor) or not isinstance(self.y, Tensor):
@@ -93,6 +97,8 @@ class MeasurementSet:
         An existing file at ``path`` is never overwritten: it is renamed with its modification time appended.
         """
         path = Path(path)
+        if path.is_dir():
+            raise DataError(f"{path} is a directory; give a file name (e.g. {path / 'measurements.h5'})")
         path.parent.mkdir(parents=True, exist_ok=True)
         keep_existing(path)
         tmp = path.with_suffix(path.suffix + ".tmp")
@@ -233,7 +239,7 @@ def acquire(
 class MeasurementLog:
     """Append every call of a system — inputs, parameter setting, measured outputs — to an HDF5 file.
 
-    Attach with ``system.attach_log(MeasurementLog(path))``; each call is flushed to disk before the measurement is
+    Attach with ``system.attach_log(MeasurementLog(path, system.spec))``; each call is flushed to disk before the measurement is
     returned, so an interrupted run keeps everything it measured. Layout: ``x`` (N, in), ``y`` (N, out),
     ``call`` (N,) index into ``params/<name>`` (n_calls, *shape) — a shared θ is stored once per call.
     """

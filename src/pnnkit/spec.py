@@ -81,7 +81,16 @@ class SystemSpec:
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "params", tuple(self.params))
+        params = (self.params,) if isinstance(self.params, ParamSpec) else self.params
+        if not hasattr(params, "__iter__") or not all(isinstance(p, ParamSpec) for p in params):
+            raise ConfigError(f"system {self.name!r}: params must be a tuple of ParamSpec, got {self.params!r}")
+        object.__setattr__(self, "params", tuple(params))
+        for key in ("input_dim", "output_dim"):
+            value = getattr(self, key)
+            try:
+                object.__setattr__(self, key, operator.index(value))
+            except TypeError:
+                raise ConfigError(f"system {self.name!r}: {key} must be an integer, got {value!r}") from None
         if self.input_dim < 1 or self.output_dim < 1:
             raise ConfigError(f"system {self.name!r}: input_dim and output_dim must be ≥ 1")
         if not (math.isfinite(self.input_low) and math.isfinite(self.input_high) and self.input_low < self.input_high):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import DeviceError, PnnkitError, RangeError, ShapeError
+from .errors import ConfigError, DeviceError, PnnkitError, RangeError, ShapeError
 from .spec import SystemSpec
 
 Params = Mapping[str, Tensor]
@@ -93,7 +93,9 @@ class PhysicalSystem(ABC):
     # --- the guarded call ----------------------------------------------------------------------------------
     def check_inputs(self, x: Tensor, params: Params) -> int:
         """Raise :class:`ShapeError` / :class:`RangeError` unless ``x`` and ``params`` fit the spec; return B."""
-        spec = self.spec
+        spec = getattr(self, "spec", None)
+        if not isinstance(spec, SystemSpec):
+            raise ConfigError(f"{type(self).__name__} has no spec: set self.spec = SystemSpec(...) in its __init__")
         if not isinstance(x, Tensor):
             raise ShapeError(f"{spec.name}: x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 2 or x.shape[1] != spec.input_dim:
@@ -169,7 +171,8 @@ class PhysicalSystem(ABC):
         if isinstance(y, np.ndarray):
             if not (np.issubdtype(y.dtype, np.floating) or np.issubdtype(y.dtype, np.integer)):
                 raise DeviceError(f"{self.spec.name}: measure() returned an array of {y.dtype}, expected real numbers")
-            y = torch.from_numpy(np.ascontiguousarray(y)).to(x.dtype)
+            y = torch.from_numpy(np.ascontiguousarray(y))
+            y = y.to(_reading_dtype(x, y))
         if isinstance(y, Tensor) and (y.is_complex() or y.dtype == torch.bool):
             raise DeviceError(f"{self.spec.name}: measure() returned {y.dtype} values, expected real numbers")
         if isinstance(y, Tensor) and y.device != x.device:
@@ -189,10 +192,23 @@ class PhysicalSystem(ABC):
             bad = int((~torch.isfinite(y)).any(dim=1).sum())
             kept = " (the call is kept in the attached log)" if log is not None else ""
             raise DeviceError(f"{self.spec.name}: measurement returned NaN/inf for {bad} of {batch} samples{kept}")
-        return y if y.dtype == x.dtype else y.to(x.dtype)
+        out = _reading_dtype(x, y)
+        return y if y.dtype == out else y.to(out)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.spec.name!r}, in={self.spec.input_dim}, out={self.spec.output_dim})"
+        spec = getattr(self, "spec", None)
+        if not isinstance(spec, SystemSpec):
+            return f"{type(self).__name__}(no spec)"
+        return f"{type(self).__name__}({spec.name!r}, in={spec.input_dim}, out={spec.output_dim})"
+
+
+def _reading_dtype(x: Tensor, y: Tensor) -> torch.dtype:
+    """The dtype a measurement is returned in: ``x``'s when ``x`` is floating point (the network's precision);
+    for integer inputs (DAC codes, say) the reading's own floating dtype (the default one for integer readings), so
+    a measurement is never truncated to integers."""
+    if x.is_floating_point():
+        return x.dtype
+    return y.dtype if y.is_floating_point() else torch.get_default_dtype()
 
 
 class FunctionSystem(PhysicalSystem):

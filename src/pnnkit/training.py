@@ -34,7 +34,9 @@ class TrainConfig:
         physical_lr: learning rate for physical θ if different from ``lr``.
         weight_decay: AdamW weight decay on digital parameters.
         lr_schedule: ``"cosine"`` or ``"constant"``.
-        seed: training seed (initial θ, digital weights and batch order); the lab has its own seeds.
+        seed: training seed: batch order, the ``init_samples`` subset and the augmentation draws. The initial θ
+            and digital weights are drawn when the network is built (``pnnkit run`` builds it from the config's
+            seed; from Python, seed torch before building it). The lab has its own seeds.
         monitor_physical: measure test accuracy on the physical system after every epoch (costs eval queries).
         monitor_every: with ``monitor_physical``, measure it only after every ``monitor_every``-th epoch and the
             last one (1: every epoch).
@@ -322,6 +324,10 @@ def _check_task(task: ClassificationTask) -> None:
     """The task's tensors fit a classification: non-empty, matching lengths, integer labels 0 … n_classes − 1."""
     for part in ("train", "test"):
         x, y = getattr(task, f"x_{part}"), getattr(task, f"y_{part}")
+        for name, v in ((f"x_{part}", x), (f"y_{part}", y)):
+            if not isinstance(v, torch.Tensor):
+                raise ConfigError(f"task {task.name!r}: {name} must be a torch.Tensor, got {type(v).__name__} "
+                                  "(convert with torch.as_tensor)")
         if len(x) == 0:
             raise ConfigError(f"task {task.name!r}: the {part} set is empty")
         if len(x) != len(y):

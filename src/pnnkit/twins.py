@@ -12,10 +12,11 @@ from typing import Any, ClassVar
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from .errors import ConfigError, DataError, TwinError
+from .checkpoint import write_safetensors
+from .errors import ConfigError, DataError, ShapeError, TwinError
 from .measurements import MeasurementSet, keep_existing
 from .spec import SystemSpec
 
@@ -74,15 +75,32 @@ class DigitalTwin(nn.Module):
     def config(self) -> dict[str, Any]:
         return {}
 
+    def __call__(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
+        """``forward(x, params)`` after checking shapes against :attr:`spec` (θ shared, or one row per sample)."""
+        spec = self.spec
+        if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] != spec.input_dim:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ShapeError(f"twin of {spec.name!r}: x must have shape (batch, {spec.input_dim}), got {got}")
+        missing = [n for n in spec.param_names if n not in params]
+        if missing:
+            raise ShapeError(f"twin of {spec.name!r}: parameters {missing} missing (it takes {spec.param_names})")
+        for p in spec.params:
+            v = params[p.name]
+            if not isinstance(v, Tensor) or tuple(v.shape) not in (p.shape, (x.shape[0], *p.shape)):
+                got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+                raise ShapeError(f"twin of {spec.name!r}: parameter {p.name!r} must have shape {p.shape} or "
+                                 f"{(x.shape[0], *p.shape)}, got {got}")
+        return super().__call__(x, params)
+
     # --- persistence --------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write ``path`` (.safetensors weights) and ``path`` with suffix ``.json`` (kind, spec, config, report).
         A twin already saved there is kept: both files are renamed ``<stem>.<its time>``, as measurements are."""
-        path = Path(path).with_suffix(".safetensors")
+        path = _twin_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         keep_existing(path, companions=(".json",))
         tensors = {k: v.detach().contiguous().clone() for k, v in self.state_dict().items()}
-        save_file(tensors, str(path), metadata={"format": TWIN_FORMAT, "kind": self.kind})
+        write_safetensors(tensors, path, metadata={"format": TWIN_FORMAT, "kind": self.kind})
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         meta = {
             "format": TWIN_FORMAT,
@@ -99,8 +117,11 @@ class DigitalTwin(nn.Module):
     @staticmethod
     def load(path: str | Path, expect_spec: SystemSpec | None = None) -> "DigitalTwin":
         """Load a twin saved by :meth:`save`; raise :class:`TwinError` if it is missing, corrupt or mismatched."""
-        path = Path(path)
-        wpath, jpath = path.with_suffix(".safetensors"), path.with_suffix(".json")
+        wpath = _twin_path(path)
+        jpath = wpath.with_suffix(".json")
+        if wpath.exists() and not jpath.exists():
+            raise TwinError(f"{wpath} has no {jpath.name} beside it, so it is not a twin saved by pnnkit (a twin is "
+                            "a .safetensors + .json pair; network weights are model/checkpoint.safetensors)")
         for p in (wpath, jpath):
             if not p.exists():
                 raise TwinError(f"twin file missing: {p}")
@@ -123,7 +144,7 @@ class DigitalTwin(nn.Module):
             raise TwinError(f"twin {jpath} has an invalid system spec: {e}") from e
         if expect_spec is not None and not spec.same_interface(expect_spec):
             raise TwinError(
-                f"twin {path.name} was fitted to system {spec.name!r} (in={spec.input_dim}, out={spec.output_dim}, "
+                f"twin {wpath.name} was fitted to system {spec.name!r} (in={spec.input_dim}, out={spec.output_dim}, "
                 f"params={spec.param_names}) which does not match {expect_spec.name!r} "
                 f"(in={expect_spec.input_dim}, out={expect_spec.output_dim}, params={expect_spec.param_names})"
             )
@@ -144,6 +165,17 @@ class DigitalTwin(nn.Module):
     @classmethod
     def from_config(cls, spec: SystemSpec, config: dict[str, Any]) -> "DigitalTwin":
         return cls(spec, **config)
+
+
+def _twin_path(path: str | Path) -> Path:
+    """The ``.safetensors`` file of the twin pair named by ``path`` (either file of the pair, or no suffix)."""
+    path = Path(path)
+    if path.is_dir() or not path.name:
+        raise TwinError(f"{path} is a directory; give a twin's .safetensors (or .json) file")
+    if path.suffix not in ("", ".safetensors", ".json"):
+        raise TwinError(f"{path} is not a twin: a twin is the .safetensors + .json pair written by "
+                        "DigitalTwin.save and `pnnkit twin fit`")
+    return path.with_suffix(".safetensors")
 
 
 @register_twin
