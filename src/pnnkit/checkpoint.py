@@ -49,9 +49,21 @@ def write_safetensors(tensors: dict[str, Tensor], path: str | Path, metadata: di
     """``safetensors.torch.save_file``, then the file's permissions set from the umask like any other file the run
     writes (safetensors creates it readable by its owner only, so colleagues could not read shared weights)."""
     save_file(tensors, str(path), metadata=metadata)
-    umask = os.umask(0)
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (a set-and-restore would briefly apply
+    umask 0 to files other threads create)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
     os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    return umask
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from . import __version__
-from .config import DigitalBaselineConfig, ExperimentConfig, LabConfig, TwinConfig, validate_config
 from .checkpoint import save_weights
+from .config import DigitalBaselineConfig, ExperimentConfig, LabConfig, TwinConfig, validate_config
 from .errors import ConfigError, PnnkitError
 from .labs import make_lab
 from .measurements import MeasurementSet, acquire, keep_existing
