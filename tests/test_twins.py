@@ -228,10 +228,6 @@ def test_saving_a_twin_twice_keeps_the_first_pair_loadable(lab4, tmp_path):
 def test_an_mlp_twin_serves_a_network_of_another_precision(net_dtype, twin_dtype):
     """PAT's backward runs the twin at the layer's measured input: a float64 network with a float32 twin (or the
     reverse) gets the twin's VJP in its own dtype, equal to the single-precision result."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from helpers import tanh_system
 
     from pnnkit.layers import PhysicalLayer

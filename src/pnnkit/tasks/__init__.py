@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..config import SEED_LIMIT
 from ..errors import ConfigError, DataError
 from ..options import check_options
 
@@ -128,7 +129,7 @@ def load_task(name: str, **options: Any) -> ClassificationTask:
         raise ConfigError(f"unknown task {name!r}; available: {', '.join(task_names())}")
     options = check_options(f"task {name!r}", _TASKS[name], options)
     seed = options.get("seed", 0)
-    if isinstance(seed, int) and not 0 <= seed < 2**32:
+    if isinstance(seed, int) and not 0 <= seed < SEED_LIMIT:
         raise ConfigError(f"task {name!r}: option 'seed' must be in 0 … 2**32 − 1, got {seed}")
     try:
         return _TASKS[name](**options)
