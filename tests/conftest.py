@@ -8,7 +8,7 @@ import torch
 from hypothesis import settings
 
 # Property-based tests draw the same examples on every run (the suite is deterministic); failures still shrink.
-settings.register_profile("pnnkit", derandomize=True)
+settings.register_profile("pnnkit", derandomize=True, deadline=None)  # no timing in unit tests
 settings.load_profile("pnnkit")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -23,3 +23,15 @@ def tanh_reality(x, p):
 
 def tanh_system(n: int = 4, reality: bool = False) -> FunctionSystem:
     return FunctionSystem(tanh_reality if reality else tanh_model, tanh_spec(n), differentiable=True)
+
+
+def tiny_config(epochs: int = 2) -> dict:
+    """A config that runs end to end in seconds: 6 oscillators, digits, a small twin, ``epochs`` of training."""
+    return {
+        "name": "tiny",
+        "task": {"name": "digits", "options": {"test_size": 200}},
+        "lab": {"name": "oscillators", "options": {"n": 6, "steps": 10}},
+        "twin": {"kind": "physics", "samples": 256, "inputs_per_setting": 64, "fit": {"epochs": 3, "lr": 0.02}},
+        "network": {"depth": 2, "stem": [{"type": "linear", "out": 6}], "head": [{"type": "linear", "out": 10}]},
+        "training": {"epochs": epochs, "batch_size": 256, "lr": 0.02},
+    }

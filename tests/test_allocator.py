@@ -62,3 +62,17 @@ def test_not_glibc_is_a_no_op(fresh):
     fresh.setattr(allocator, "_glibc_mallopt", lambda: None)
     assert allocator.retain_freed_memory() is False
     assert allocator.allocator_state() == {"applied": False, "reason": "not glibc malloc"}
+
+
+# --- F6: the allocator hands glibc the documented values -----------------------------------------------------
+def test_retain_freed_memory_passes_the_thresholds_in_bytes(monkeypatch):
+    from pnnkit import allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "_glibc_mallopt", lambda: (lambda param, value: calls.append((param, value)) or 1))
+    monkeypatch.setattr(allocator, "_state", {"applied": False, "reason": "not requested"})
+    assert allocator.retain_freed_memory() is True
+    assert sorted(calls) == sorted([(-3, 32 * 2**20), (-1, 128 * 2**20)])  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    calls.clear()
+    allocator.retain_freed_memory(trim_threshold_mb=64, mmap_threshold_mb=16)
+    assert sorted(calls) == sorted([(-3, 16 * 2**20), (-1, 64 * 2**20)])

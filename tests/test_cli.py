@@ -9,20 +9,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from helpers import tiny_config
 from pnnkit.cli import app, demo_config_text
 from pnnkit.config import load_config, validate_config
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = {
-    "name": "tiny",
-    "task": {"name": "digits", "options": {"test_size": 200}},
-    "lab": {"name": "oscillators", "options": {"n": 6, "steps": 10}},
-    "twin": {"kind": "physics", "samples": 256, "inputs_per_setting": 64, "fit": {"epochs": 3, "lr": 0.02}},
-    "network": {"depth": 2, "stem": [{"type": "linear", "out": 6}], "head": [{"type": "linear", "out": 10}]},
-    "training": {"epochs": 2, "batch_size": 256, "lr": 0.02},
-}
+TINY = tiny_config(epochs=2)
 
 
 @pytest.fixture(scope="module")
@@ -343,3 +337,31 @@ def test_evaluate_unit_and_train_twin_are_checked_before_anything_is_written(tin
                                           r"in DIR/<method>: try .*t/in_silico$"):
         rebuild_run(tmp_path / "t")
     assert rebuild_run(tmp_path / "t" / "in_silico")[0].training.epochs == 1
+
+
+# --- F7: `pnnkit labs`, `demo --show-config`, `demo --epochs` ------------------------------------------------
+def test_labs_and_demo_options(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import pnnkit.experiments as ex
+    from pnnkit.cli import app, demo_config_text
+    from pnnkit.errors import PnnkitError
+    from pnnkit.labs import lab_names
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["labs"])
+    assert res.exit_code == 0 and res.output.split() == lab_names()
+    assert {"oscillators", "shg", "plate", "circuit"} <= set(lab_names())
+    res = runner.invoke(app, ["demo", "--show-config"])
+    assert res.exit_code == 0 and res.output.strip() == demo_config_text().strip()
+    seen = {}
+
+    def fake_run(cfg, out, **kw):
+        seen["cfg"], seen["out"] = cfg, out
+        raise PnnkitError("stopped by the test")
+
+    monkeypatch.setattr(ex, "run_experiment", fake_run)
+    res = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--epochs", "1", "--set", "twin.samples=128"])
+    assert res.exit_code == 2 and "stopped by the test" in res.output
+    assert seen["cfg"].training.epochs == 1 and seen["cfg"].twin.samples == 128 and seen["out"] == tmp_path / "d"
+    assert seen["cfg"].lab.options["n"] == 64 and seen["cfg"].methods == ["pat", "in_silico"]  # the rest: the preset

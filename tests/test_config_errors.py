@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 from pnnkit.config import SEED_LIMIT, apply_overrides, load_config, parse_yaml, validate_config
 from pnnkit.errors import ConfigError
@@ -143,15 +145,11 @@ def test_seeds_and_units_are_bounded(key, value):
     assert msg == f"c with --set {key}={value}: {key}: Input should be {bound}"
 
 
-def test_the_largest_seeds_are_accepted_and_usable():
-    import torch
-
+def test_the_largest_seeds_are_accepted():
     top = SEED_LIMIT - 1
     cfg = validate_config({"sweep_seeds": [top]}, "c", [f"{k}={top}" for k in SEED_KEYS])
     assert (cfg.seed, cfg.lab.seed, cfg.lab.unit, cfg.twin.seed, cfg.sweep_seeds) == (top, top, top, top, [top])
-    # the largest seeds the labs and the trainer derive from them (see pnnkit.labs, pnnkit.training) fit torch
-    for derived in (1_000_003 * (top + 1), 104_729 * (top + 1) + 3, top * 100_003 + 99_991 + 10**6):
-        torch.Generator().manual_seed(derived)
+    # that labs and the trainer can use them: test_the_largest_units_and_seeds_build_every_lab_and_train
 
 
 # 7. inputs_per_setting vs samples
@@ -229,3 +227,25 @@ def test_the_demo_preset_validates():
     from pnnkit.cli import demo_config_text
 
     validate_config(parse_yaml(demo_config_text(), "demo"), "demo")
+
+
+# --- F9: the largest accepted seeds and units really build every lab and train (not a hand-copied formula) ----
+def test_the_largest_units_and_seeds_build_every_lab_and_train():
+    from pnnkit import ClassificationTask, ElementwiseRescale, make_lab
+    from pnnkit.config import SEED_LIMIT
+    from pnnkit.training import TrainConfig, Trainer
+
+    top = SEED_LIMIT - 1
+    x = torch.rand(3, 2, dtype=torch.float64) - 0.5
+    lab = make_lab("oscillators", n=2, unit=top, seed=top, dtype=torch.float64)
+    assert lab(x, {"J": torch.zeros(1, dtype=torch.float64), "e": torch.zeros(2, dtype=torch.float64)}).shape == (3, 2)
+    make_lab("shg", unit=top, seed=top)
+    make_lab("plate", n_modes=4, n_inputs=8, n_params=2, output_dim=2, n_tail=4, unit=top, seed=top)
+    make_lab("circuit", backend="ode", n_inputs=2, n_params=2, output_dim=2, unit=top, seed=top)
+    g = torch.Generator().manual_seed(0)
+    task = ClassificationTask("t", torch.rand(8, 4, generator=g), torch.arange(8) % 2, torch.rand(4, 4, generator=g),
+                              torch.arange(4) % 2, ["a", "b"])
+    model = nn.Sequential(ElementwiseRescale(4, init="data"), nn.Linear(4, 2))
+    res = Trainer(model, task, "physical", TrainConfig(epochs=1, batch_size=4, seed=top, progress=False,
+                                                       monitor_physical=False)).fit()
+    assert 0.0 <= res.test_accuracy <= 1.0 and bool(model[0].initialised)

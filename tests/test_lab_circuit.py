@@ -271,3 +271,29 @@ def test_a_declared_range_beyond_the_daq_is_refused():
     with pytest.raises(ConfigError, match=r"\(10.5 V\) exceed the DAQ's ±10 V"):
         make_lab("circuit", n_inputs=2, n_params=2, output_dim=2, param_max=10.5, backend="ode")
     assert make_lab("circuit", n_inputs=2, n_params=2, output_dim=2, input_max=10.0, backend="ode").spec.input_high == 10.0
+
+
+@needs_ngspice
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ngspice_runs_that_finished_are_logged_when_another_fails(tmp_path, monkeypatch, workers) -> None:
+    import pnnkit.labs.circuit as circuit
+    from pnnkit import MeasurementLog
+
+    lab = make_lab("circuit", n_inputs=4, n_params=2, output_dim=6, workers=workers, circuits_per_run=2)
+    log = MeasurementLog(tmp_path / "log.h5", lab.spec)
+    lab.attach_log(log)
+    real, runs = circuit.run_ngspice, []
+
+    def third_run_times_out(*a, **kw):
+        runs.append(1)
+        if len(runs) == 3:
+            raise DeviceError("ngspice timed out after 600 s")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(circuit, "run_ngspice", third_run_times_out)
+    x = torch.linspace(-1, 1, 24).reshape(6, 4)
+    with pytest.raises(DeviceError, match="timed out.*the 4 samples measured before the failure are kept"):
+        lab(x, {p.name: torch.zeros(p.shape) for p in lab.spec.params})
+    y = torch.from_numpy(log._f["y"][...])
+    assert len(log) == 6 and int(torch.isfinite(y).all(dim=1).sum()) == 4  # the failed run's 2 circuits: NaN rows
+    assert len(log.to_measurements()) == 4

@@ -86,3 +86,14 @@ def test_data_init_gives_constant_features_the_median_gain_not_a_huge_one():
     r2 = ElementwiseRescale(2, init="data")
     r2.set_from_batch(torch.ones(8, 2))  # nothing varies at all: unit gain, centred
     assert torch.equal(r2.scale.detach(), torch.ones(2)) and torch.equal(r2(torch.ones(8, 2)), torch.zeros(8, 2))
+
+
+# --- F10: Slice keeps the outputs it names -------------------------------------------------------------------
+def test_slice_keeps_the_named_outputs():
+    from pnnkit import Slice
+    from pnnkit.networks import NetworkConfig, build_network
+
+    x = torch.arange(24.0).reshape(2, 12)
+    assert torch.equal(Slice(3, 10)(x), x[:, 3:10]) and torch.equal(Slice(0, 10)(x), x[:, :10])
+    net = build_network(NetworkConfig(depth=0, head=[{"type": "slice", "start": 3, "stop": 10}]), 12, 7, None, None)
+    assert torch.equal(net(x), x[:, 3:10])

@@ -106,7 +106,7 @@ def test_trainer_keeps_a_layers_own_overlap_unless_told():
 def test_twin_runs_while_the_device_measures():
     """The twin and the device each wait for the other to be running (a barrier of two): a path that runs them one
     after the other, in either order, breaks the barrier after its timeout and fails."""
-    both_running = threading.Barrier(2, timeout=10.0)
+    both_running = threading.Barrier(2, timeout=60.0)  # generous: only a bug makes it wait
     seen = {}
 
     def twin(x, p):

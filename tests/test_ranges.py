@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -10,6 +11,7 @@ from torch import nn
 
 from helpers import tanh_model, tanh_spec
 from pnnkit import FunctionSystem, PhysicalLayer, RangeError, project_parameters
+from pnnkit.system import clamp_to_range
 
 
 class RecordingSystem(FunctionSystem):
@@ -90,13 +92,49 @@ def _bounds_system(lo: float, hi: float, dtype=torch.float32):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("lo,hi", [(0.7, 1.3), (0.0, 1.0), (-0.3, 0.1)])
-def test_values_clamped_to_a_bound_pass_the_guard(dtype, lo, hi):
-    # bounds not representable in the dtype: a clamped value equals the bound rounded to the dtype, and the
-    # element-wise comparison (x < lo in x's dtype) accepts it; the fused check must accept it too
+def test_values_clamped_into_range_pass_the_guard_and_stay_inside(dtype, lo, hi):
+    # bounds a float32 cannot hold (0.7, 1.3, -0.3, 0.1): clamp_to_range rounds them inward, so the values sent
+    # lie inside the declared range compared exactly (in float64), and the guard accepts them
     system = _bounds_system(lo, hi)
-    x = torch.tensor([[lo, hi, (lo + hi) / 2]] * 5, dtype=torch.float64).to(dtype).clamp(lo, hi)
-    w = torch.tensor([lo, hi, hi], dtype=torch.float64).to(dtype).clamp(lo, hi)
+    x = clamp_to_range(torch.tensor([[lo - 1, hi + 1, (lo + hi) / 2]] * 5, dtype=torch.float64).to(dtype), lo, hi)
+    w = clamp_to_range(torch.tensor([lo - 1, hi + 1, hi], dtype=torch.float64).to(dtype), lo, hi)
     assert system(x, {"w": w}).shape == (5, 3)
+    for t in (x, w):
+        assert lo <= t.double().min().item() and t.double().max().item() <= hi
+
+
+@pytest.mark.parametrize("lo,hi,outward", [(-0.3, 0.1, True), (0.7, 1.3, True), (0.5, 1.3, False)])
+def test_a_bound_rounded_outward_is_refused(lo, hi, outward):
+    # a plain float32 clamp rounds 0.1 up to 0.100000001, -0.3 down to -0.300000012 and 0.7 down to 0.699999988
+    # (outward), while 1.3 → 1.29999995 and 0.5 stay inside: the guard compares exactly and refuses the first kind
+    system = _bounds_system(lo, hi)
+    x = torch.tensor([[lo, hi, hi]], dtype=torch.float64).to(torch.float32).clamp(lo, hi)
+    assert ((x[0, 0].item() < lo) or (x[0, 1].item() > hi)) == outward
+    w = clamp_to_range(torch.full((3,), hi, dtype=torch.float32), lo, hi)
+    if outward:
+        with pytest.raises(RangeError, match="outside its hard range"):
+            system(x, {"w": w})
+    else:
+        assert system(x, {"w": w}).shape == (1, 3)
+
+
+def test_a_float32_layer_never_sends_a_value_past_an_unrepresentable_bound():
+    from pnnkit import ParamSpec, PhysicalLayer, SystemSpec
+
+    seen = []
+
+    def fn(x, p):
+        seen.append((x.copy(), p["w"].copy()))
+        return x * p["w"]
+
+    spec = SystemSpec("bounds", 3, 3, -0.3, 0.1, (ParamSpec("w", (3,), -0.3, 0.1),))
+    layer = PhysicalLayer(FunctionSystem(fn, spec, numpy=True), mode="physical")
+    with torch.no_grad():
+        layer.theta["w"].fill_(5.0)
+    layer(torch.tensor([[-9.0, 9.0, 0.05]]))
+    x, w = seen[-1]
+    assert x.dtype == np.float32  # compared in float64: numpy would round the bound to float32 first
+    assert float(x.max()) <= 0.1 and float(x.min()) >= -0.3 and float(w.max()) <= 0.1
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
@@ -187,3 +225,42 @@ def test_a_device_writing_into_its_input_changes_nothing_outside_and_masked_read
                             SystemSpec("m", 2, 2, -1.0, 1.0), numpy=True)
     with pytest.raises(DeviceError, match="NaN/inf for 1 of 3 samples"):
         masked(x, {})
+
+
+# --- F1: the Trainer projects θ back into its hard range after every optimizer step ---------------------------
+def test_trainer_projects_theta_into_range_after_every_step():
+    from pnnkit import ElementwiseRescale, PhysicalLayer, make_lab
+    from pnnkit.tasks import load_task
+    from pnnkit.training import TrainConfig, Trainer
+
+    task = load_task("digits")
+    task.x_train, task.y_train = task.x_train[:128], task.y_train[:128]
+    task.x_test, task.y_test = task.x_test[:32], task.y_test[:32]
+    lab = make_lab("oscillators", n=8, seed=5)
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 8), PhysicalLayer(lab, lab.ideal_twin(), generator=g), ElementwiseRescale(8),
+                          nn.Linear(8, 10))
+    # physical_lr 5: a single Adam step moves θ by ~5, ten times the ±0.5 range
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.01, physical_lr=5.0, monitor_physical=False, progress=False)
+    Trainer(model, task, "pat", cfg).train()
+    at_bound = 0
+    for p in lab.spec.params:
+        v = model[1].theta[p.name].detach()  # the *stored* values, not params() (which clamps at every call)
+        assert float(v.min()) >= p.low and float(v.max()) <= p.high, p.name
+        at_bound += int(((v == p.low) | (v == p.high)).sum())
+    assert at_bound > 0  # the step really left the range, so the projection was exercised
+
+
+# --- F2: project_parameters projects onto both bounds --------------------------------------------------------
+def test_projection_keeps_stored_parameters_in_range_on_both_sides():
+    from helpers import tanh_model, tanh_spec
+    from pnnkit import FunctionSystem, PhysicalLayer, project_parameters
+
+    layer = PhysicalLayer(FunctionSystem(tanh_model, tanh_spec(4)), tanh_model)
+    with torch.no_grad():
+        layer.theta["W"].copy_(torch.tensor([10.0, -10.0, 0.3, -0.3]).repeat(4, 1))
+        layer.theta["b"].fill_(-7.0)
+    project_parameters(nn.Sequential(layer))
+    assert torch.equal(layer.theta["W"].detach(), torch.tensor([2.0, -2.0, 0.3, -0.3]).repeat(4, 1))
+    assert torch.equal(layer.theta["b"].detach(), torch.full((4,), -1.0))

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import SHARED_DATA
 from pnnkit.errors import ConfigError, DataError
 from pnnkit.tasks import load_task
 from pnnkit.tasks.mnist import read_idx
 
-SHARED = Path(os.environ.get("PNNKIT_DATA_DIR", "/work/shared/data"))
+SHARED = Path(os.environ.get("PNNKIT_DATA_DIR", SHARED_DATA))
 needs_mnist = pytest.mark.skipif(
     not (SHARED / "mnist-t10k" / "t10k-images-idx3-ubyte.gz").is_file(),
     reason=f"MNIST t10k files not in {SHARED}/mnist-t10k (set PNNKIT_DATA_DIR)",

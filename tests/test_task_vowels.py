@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import SHARED_DATA
 from pnnkit.errors import ConfigError, DataError
 from pnnkit.tasks import load_task
 from pnnkit.tasks.vowels import FEATURES, PAPER_VOWELS, read_vowdata
 
-DATA = Path(os.environ.get("PNNKIT_DATA_DIR", "/work/shared/data"))
+DATA = Path(os.environ.get("PNNKIT_DATA_DIR", SHARED_DATA))
 HAVE_DATA = (DATA / "hillenbrand1995" / "vowdata.dat").is_file()
 needs_data = pytest.mark.skipif(not HAVE_DATA, reason=f"Hillenbrand data not present under {DATA}/hillenbrand1995")
 

@@ -1,4 +1,4 @@
-"""The supplement's toy numbers (pat-math.md): forward 0.5 / 3 / 30 %, gradient gap at n=20: 33 % vs 10.5 %."""
+"""The supplement's toy numbers (../shared/notes/pat-math.md, beside the repository): forward 0.5 / 3 / 30 %, gradient gap at n=20: 33 % vs 10.5 %."""
 
 from __future__ import annotations
 

@@ -364,3 +364,25 @@ def test_physical_lr_zero_freezes_theta_while_the_rest_trains():
     Trainer(model, task, "pat", cfg).train()
     assert all(torch.equal(v, theta0[k]) for k, v in model[1].theta.items())
     assert not torch.equal(model[0].weight, w0)
+
+
+# --- F3: the confusion matrix is oriented (rows = true class) and agrees with the accuracy ----------------------
+def test_confusion_matrix_rows_are_true_classes_and_its_trace_is_the_accuracy():
+    from pnnkit import ElementwiseRescale, PhysicalLayer, make_lab
+    from pnnkit.tasks import load_task
+    from pnnkit.training import TrainConfig, Trainer, confusion_matrix
+
+    pred, true = torch.tensor([0, 1, 1, 2, 0]), torch.tensor([0, 0, 1, 2, 2])
+    assert confusion_matrix(pred, true, 3) == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
+    task = load_task("digits")
+    task.x_train, task.y_train = task.x_train[:256], task.y_train[:256]
+    task.x_test, task.y_test = task.x_test[:64], task.y_test[:64]
+    lab = make_lab("oscillators", n=8, unit=1, seed=5)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 8), PhysicalLayer(lab, lab.ideal_twin()), ElementwiseRescale(8), nn.Linear(8, 10))
+    res = Trainer(model, task, "in_silico", TrainConfig(epochs=2, batch_size=64, lr=0.02, monitor_physical=False,
+                                                        progress=False)).fit()
+    cm = torch.tensor(res.confusion)
+    assert cm.sum(1).tolist() == torch.bincount(task.y_test, minlength=10).tolist()  # row i: samples of class i
+    assert float(cm.trace()) / 64 == pytest.approx(res.test_accuracy)
+    assert res.test_accuracy < 1.0  # a matrix counting every prediction as correct would not fit

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from torch import nn
 
 from pnnkit import DataError, DigitalTwin, MeasurementSet, MLPTwin, TwinError, acquire, evaluate_twin, fit_twin, make_lab
 
@@ -46,7 +47,7 @@ def test_mlp_twin_reaches_stated_nrmse_and_save_load_is_bit_identical(lab4, data
     torch.manual_seed(0)
     twin = MLPTwin(lab4.spec, hidden=(128, 128))
     report = fit_twin(twin, data4, epochs=150, seed=0)
-    # Stated in docs/twins.md: validation NRMSE ≤ 0.10 for the 4-oscillator lab with 8k samples (measured 0.077).
+    # Validation NRMSE ≤ 0.10 for the 4-oscillator lab with 8k samples (measured 0.077).
     assert report.val_nrmse < 0.10
     assert report.noise_floor_nrmse is not None and report.noise_floor_nrmse < report.val_nrmse
     fresh = acquire(lab4, 1024, inputs_per_setting=32, seed=7)
@@ -252,3 +253,46 @@ def test_an_mlp_twin_serves_a_network_of_another_precision(net_dtype, twin_dtype
         torch.testing.assert_close(a.to(torch.float64), b.to(torch.float64), rtol=1e-5, atol=1e-6)
     params = {p.name: torch.zeros(p.shape, dtype=net_dtype) for p in system.spec.params}
     assert twin(x.to(net_dtype), params).dtype == net_dtype  # in silico the twin's output takes the input's dtype
+
+
+# --- F5: acquisition is space-filling (Sobol), not merely uniform ---------------------------------------------
+def test_acquisition_design_is_space_filling():
+    from pnnkit import FunctionSystem, ParamSpec, SystemSpec, acquire
+
+    spec = SystemSpec("id", 4, 4, -1.0, 1.0, (ParamSpec("g", (3,), 0.0, 2.0),))
+    data = acquire(FunctionSystem(lambda x, p: x, spec), 8192, inputs_per_setting=32, seed=1)
+    hist = torch.stack([torch.histc(data.x[:, i], 10, -1.0, 1.0) for i in range(4)])
+    assert (hist - 819.2).abs().max() <= 3  # i.i.d. uniform points: ±70 (≈ 2.5 σ) is typical
+    g = data.params["g"][::32]  # one row per setting: 256 settings
+    ghist = torch.stack([torch.histc(g[:, i], 8, 0.0, 2.0) for i in range(3)])
+    assert (ghist - 32).abs().max() <= 1
+
+
+# --- F8: fit_twin restores the best validation weights and stops early ---------------------------------------
+def test_fit_twin_restores_the_best_epoch_and_stops_after_patience():
+    from pnnkit import DigitalTwin, FunctionSystem, SystemSpec, acquire, fit_twin
+
+    seen = []
+
+    class Gain(DigitalTwin):
+        kind = "test-gain"
+
+        def __init__(self, spec):
+            super().__init__(spec)
+            self.a = nn.Parameter(torch.tensor(0.0))
+
+        def forward(self, x, params):
+            if not self.training:  # fit_twin's validation pass after each epoch (and the final report)
+                seen.append(float(self.a))
+            return self.a * x
+
+    spec = SystemSpec("gain", 2, 2, -1.0, 1.0)
+    data = acquire(FunctionSystem(lambda x, p: x, spec), 512, inputs_per_setting=64, seed=0)  # truth: a = 1
+    twin = Gain(spec)
+    report = fit_twin(twin, data, epochs=6, lr=1.0, batch_size=512, patience=100, seed=0)
+    per_epoch, final = seen[:-1], float(twin.a)
+    best = min(per_epoch, key=lambda a: abs(a - 1))  # noiseless y = x: validation error ∝ (a − 1)²
+    assert final == best and best != per_epoch[-1]  # restored, and the last epoch was not the best
+    seen.clear()
+    report = fit_twin(Gain(spec), data, epochs=50, lr=1e-12, batch_size=512, patience=3, seed=0)
+    assert report.epochs == 1 + 3  # no improvement after the first epoch: stopped after `patience` more

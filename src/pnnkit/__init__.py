@@ -16,7 +16,7 @@ Public API (everything else is internal):
 from __future__ import annotations
 
 from .checkpoint import load_weights, save_weights
-from .errors import ConfigError, DataError, DeviceError, PnnkitError, RangeError, ShapeError, TwinError
+from .errors import ConfigError, DataError, DeviceError, DivergenceError, PnnkitError, RangeError, ShapeError, TwinError
 from .labs import lab_names, make_lab
 from .layers import (
     MODES,
@@ -35,19 +35,19 @@ from .measurements import MeasurementLog, MeasurementSet, acquire
 from .pat import pat_forward, twin_vjp
 from .spec import ParamSpec, SystemSpec
 from .tasks import ClassificationTask
-from .system import FunctionSystem, PhysicalSystem
+from .system import FunctionSystem, PhysicalSystem, clamp_to_range, inner_bounds
 from .twins import DigitalTwin, FitReport, MLPTwin, evaluate_twin, fit_twin, register_twin
 from .training import TrainConfig, Trainer, TrainResult
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConfigError", "DataError", "DeviceError", "PnnkitError", "RangeError", "ShapeError", "TwinError",
+    "ConfigError", "DataError", "DeviceError", "DivergenceError", "PnnkitError", "RangeError", "ShapeError", "TwinError",
     "lab_names", "make_lab",
     "MODES", "ElementwiseRescale", "ParallelPhysical", "PhysicalLayer", "Pool", "Slice", "init_from_data",
     "physical_layers", "project_parameters", "set_mode", "using_mode",
     "MeasurementLog", "MeasurementSet", "acquire", "pat_forward", "twin_vjp",
-    "ParamSpec", "SystemSpec", "FunctionSystem", "PhysicalSystem",
+    "ParamSpec", "SystemSpec", "FunctionSystem", "PhysicalSystem", "clamp_to_range", "inner_bounds",
     "DigitalTwin", "FitReport", "MLPTwin", "evaluate_twin", "fit_twin", "register_twin",
     "TrainConfig", "Trainer", "TrainResult", "ClassificationTask", "save_weights", "load_weights",
     "__version__",

@@ -90,7 +90,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         tree = json.loads(j.read_text())
     except (SafetensorError, OSError, json.JSONDecodeError) as e:
         raise DataError(f"cannot read checkpoint {path}: {e}") from e
-    return _join(tree, tensors)
+    try:
+        return _join(tree, tensors)
+    except (KeyError, TypeError, ValueError) as e:  # a .json from another save than the .safetensors beside it
+        raise DataError(f"checkpoint {path}: {j.name} does not match {w.name} (tensor {e} missing or malformed); "
+                        "the pair comes from different saves") from None
 
 
 def save_weights(model: torch.nn.Module, path: str | Path) -> Path:
@@ -113,7 +117,10 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     if path.is_dir():
         raise ConfigError(f"weights {path} is a directory; give its model.safetensors or checkpoint.safetensors")
     if path.stem == "checkpoint" and path.with_suffix(".json").exists():
-        state = load_checkpoint(path)["model"]
+        ckpt = load_checkpoint(path)
+        state = ckpt.get("model") if isinstance(ckpt, dict) else None
+        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise ConfigError(f"{path.with_suffix('.json')} is not a checkpoint of pnnkit's trainer (no model part)")
     else:
         try:
             state = load_file(str(path))
@@ -127,7 +134,13 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     def some(label: str, items: list[str], sep: str = ", ", n: int = 4) -> list[str]:
         return [f"{label} {sep.join(items[:n])}" + (" …" if len(items) > n else "")] if items else []
 
-    problems = some("missing", missing) + some("unexpected", unexpected) + some("shapes", shapes, "; ", 3)
+    kinds = [f"{k} ({state[k].dtype})" for k, v in own.items()
+             if k in state and v.is_floating_point() and not state[k].is_floating_point()]
+    problems = (some("missing", missing) + some("unexpected", unexpected) + some("shapes", shapes, "; ", 3)
+                + some("not floating point:", kinds))
     if problems:
         raise ConfigError(f"weights {path} do not fit this network: {'; '.join(problems)}")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ConfigError(f"weights {path} hold NaN or inf in {', '.join(bad[:4])}" + (" …" if len(bad) > 4 else ""))
     model.load_state_dict(state)

@@ -42,6 +42,11 @@ def demo_config_text() -> str:
     return resources.files("pnnkit").joinpath("presets/demo.yaml").read_text()
 
 
+def _sets(set_: Optional[list[str]], key: str) -> bool:
+    """Whether one of the ``--set`` items sets ``key``."""
+    return any(item.partition("=")[0].strip() == key for item in set_ or ())
+
+
 def _print_results(results: dict) -> None:
     t = Table(title=f"{results['task']} on {results['system']} (unit {results['unit']})")
     for c in ("method", "physical test acc", "twin test acc", "device queries", "train s"):
@@ -71,6 +76,8 @@ def demo(
         typer.echo(text)
         return
     try:
+        if epochs is not None and _sets(set_, "training.epochs"):
+            raise PnnkitError("--epochs and --set training.epochs both set the number of epochs; give one of them")
         data = parse_yaml(text, "demo")
         if epochs is not None:
             data["training"]["epochs"] = epochs
@@ -110,14 +117,14 @@ def twin_fit(
 ) -> None:
     """Measure the lab on a space-filling design, fit the twin, save HDF5 data + safetensors/JSON twin."""
     from .config import load_config
-    from .experiments import build_lab, make_twin
+    from .experiments import build_lab, make_twin, writable_dir
 
     try:
         cfg = load_config(config, set_ or ())
         if cfg.twin.path:
             raise PnnkitError(f"twin.path is set ({cfg.twin.path}): `twin fit` measures the lab and fits a new twin; "
                               "remove twin.path, or inspect that twin with `pnnkit twin show`")
-        out.mkdir(parents=True, exist_ok=True)
+        writable_dir(out)  # before the lab is measured
         res = make_twin(build_lab(cfg.lab), cfg.twin, out, progress=sys.stderr.isatty())
     except PnnkitError as e:
         _fail(e)
@@ -163,6 +170,9 @@ def train(
         cfg = load_config(config, set_ or ())
         if method not in ("pat", "in_silico", "exact"):
             raise PnnkitError(f"unknown method {method!r}; choose pat, in_silico or exact")
+        if method == "exact" and twin is not None:
+            raise PnnkitError("--twin is not used by --method exact (it differentiates the lab's simulation "
+                              "itself); drop --twin, or train pat or in_silico")
         if twin is not None:
             cfg.twin.path = str(twin)
         task, system, _ = build_pieces(cfg)  # fails before anything is measured or written
@@ -190,18 +200,22 @@ def evaluate(
     LOG/evaluate_unit<N>.h5."""
     from .config import load_config
     from .checkpoint import load_weights
-    from .experiments import build_lab
+    from .experiments import build_lab, writable_dir
     from .networks import build_network
     from .tasks import load_task
     from .training import accuracy, attach_device_logs, detach_device_logs
 
     try:
+        if unit is not None and _sets(set_, "lab.unit"):
+            raise PnnkitError("--unit and --set lab.unit both choose the physical unit; give one of them")
         cfg = load_config(config, [*(set_ or ()), *([f"lab.unit={unit}"] if unit is not None else [])])
         task = load_task(cfg.task.name, **cfg.task.options)
         system = build_lab(cfg.lab)
         model = build_network(cfg.network, task.n_features, task.n_classes, system, None, seed=cfg.seed)
         load_weights(model, weights)
         log_dir = log if log is not None else weights.parent
+        writable_dir(log_dir, "log directory" if log is not None else "log directory (beside the weights; choose "
+                     "another with --log)")
         logs = attach_device_logs(model, log_dir, fresh=True, name=f"evaluate_unit{cfg.lab.unit}")
         try:
             acc = accuracy(model, task.x_test, task.y_test, "physical")
@@ -253,6 +267,10 @@ def main() -> None:
     """Console entry point: :data:`app`, with an allocation failure reported in one line instead of a traceback."""
     try:
         app()
+    except OSError as e:  # a file system refusal no check foresaw (disk full, a path that vanished): one line
+        where = f"{e.filename}: " if e.filename else ""
+        typer.echo(f"error: {where}{e.strerror or e}", err=True)
+        raise SystemExit(2) from None
     except (MemoryError, RuntimeError) as e:
         what = _out_of_memory(e)
         if what is None:

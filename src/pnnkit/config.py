@@ -19,7 +19,7 @@ from .networks import NetworkConfig
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .inf / .nan mean nothing in a config
 
 
 SEED_LIMIT = 2**32
@@ -252,9 +252,23 @@ def validate_config(data: Any, source: str = "config", overrides: Sequence[str] 
                 hint = f" (did you mean {near[0]!r}?)" if near else ""
                 msgs.append(f"unknown key {loc!r}{hint}")
             else:
-                msg = err["msg"].removeprefix("Value error, ")
+                msg = err["msg"].removeprefix("Value error, ") + _got(err)
                 msgs.append(f"{loc}: {msg}" if loc else msg)
         raise ConfigError(_one_line(f"{source}: " + "; ".join(msgs))) from None
+
+
+def _got(err: Any) -> str:
+    """``, got 'TEXT'`` for text that does not parse as the number a key takes (pydantic's message does not show
+    it), with the reason when YAML read a number in exponent notation (``2e4``: no dot, no exponent sign) as text."""
+    value = err.get("input")
+    if not err["type"].endswith("_parsing") or not isinstance(value, str):  # e.g. int_parsing, float_parsing
+        return ""
+    text = f" ({value!r})" if ", got " in err["msg"] else f", got {value!r}"
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        number = float(value)
+        plain = str(int(number)) if number.is_integer() else repr(number)
+        text += f" (YAML reads {value} as text: write {plain})"
+    return text
 
 
 def _one_line(text: str) -> str:

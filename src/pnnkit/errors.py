@@ -29,3 +29,7 @@ class TwinError(PnnkitError, RuntimeError):
 
 class DataError(PnnkitError, RuntimeError):
     """A data set or measurement file is missing or malformed."""
+
+
+class DivergenceError(PnnkitError, FloatingPointError):
+    """Training diverged: the loss became NaN or inf (a learning rate too large, a penalty too small)."""

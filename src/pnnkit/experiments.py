@@ -6,6 +6,8 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from .checkpoint import save_weights
 from .config import DigitalBaselineConfig, ExperimentConfig, LabConfig, TwinConfig, validate_config
 from .errors import ConfigError, PnnkitError
 from .labs import make_lab
-from .measurements import MeasurementSet, acquire, keep_existing
+from .measurements import MeasurementLog, MeasurementSet, acquire, keep_existing
 from .networks import LinearBlock, NetworkConfig, ParallelBlock, PhysicalBlock, build_network, count_digital_parameters
 from .system import PhysicalSystem
 from .tasks import ClassificationTask, load_task
@@ -36,15 +38,35 @@ class TwinOutcome:
     seconds: float
 
 
+@contextmanager
+def logged(system: PhysicalSystem, path: Path | None) -> Iterator[None]:
+    """Log every call of ``system`` into ``path`` (a :class:`MeasurementLog`, appended to) for the block, unless it
+    already logs somewhere; calls made inside a method's training go to that method's own log instead."""
+    if path is None or getattr(system, "_log", None) is not None:
+        yield
+        return
+    log = MeasurementLog(path, system.spec)
+    system.push_log(log)
+    try:
+        yield
+    finally:
+        system.pop_log()
+        log.close()
+
+
 def make_twin(system: PhysicalSystem, cfg: TwinConfig, out_dir: Path | None = None, progress: bool = False) -> TwinOutcome:
-    """Load ``cfg.path`` or measure ``system`` and fit a twin; saves measurements and the twin into ``out_dir``."""
+    """Load ``cfg.path`` or measure ``system`` and fit a twin; saves measurements and the twin into ``out_dir``.
+
+    With ``out_dir``, every measurement is also logged call by call into ``out_dir/device_log.h5`` as it is taken
+    (unless the system logs elsewhere already), so a killed acquisition keeps what it measured."""
     t0 = time.perf_counter()
     if cfg.path:
         return TwinOutcome(DigitalTwin.load(cfg.path, system.spec), None, 0.0)
     q0 = system.queries
     try:
-        data = acquire(system, cfg.samples, inputs_per_setting=cfg.inputs_per_setting, design=cfg.design,
-                       repeats=cfg.repeats, seed=cfg.seed, progress=progress)
+        with logged(system, out_dir / "device_log.h5" if out_dir is not None else None):
+            data = acquire(system, cfg.samples, inputs_per_setting=cfg.inputs_per_setting, design=cfg.design,
+                           repeats=cfg.repeats, seed=cfg.seed, progress=progress)
     except BaseException as e:  # keep what was measured before the failure
         partial = getattr(e, "partial_measurements", None)
         if out_dir is None or partial is None:
@@ -180,16 +202,38 @@ def prepare_out(out: Path, resume: bool = False) -> Path | None:
     return None
 
 
+def writable_dir(out: Path, what: str = "output directory") -> Path:
+    """Create ``out`` (and missing parents) and check that a file can be written in it, or raise a one-line
+    :class:`ConfigError` naming the path and the reason (a file in the way, no permission, a read-only file system):
+    called before any device time is spent, so nothing measured is lost to an unwritable output."""
+    import tempfile
+
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"{what} {out}: {existing} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".pnnkit-write-probe-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{what} {out}: cannot write there ({e.strerror or type(e).__name__})") from None
+    return out
+
+
 def start_run(cfg: ExperimentConfig, out: Path, resume: bool = False) -> None:
     """Keep an earlier run in ``out`` (see :func:`prepare_out`; said on stderr), or, resuming, refuse a config that
     differs from the one ``out`` was started with; then write ``out/config.json`` (the config as run). Call once
     the task, lab and network are known to build, so a config that fails there leaves ``out`` untouched."""
-    kept = prepare_out(out, resume)
+    try:
+        kept = prepare_out(out, resume)
+    except OSError as e:  # keeping an earlier run renames it: that needs write permission where it lies
+        raise ConfigError(f"output directory {out}: cannot keep the earlier run there "
+                          f"({e.strerror or type(e).__name__})") from None
     if kept is not None:
         print(f"note: {out} held an earlier run; it is kept as {kept}", file=sys.stderr)
     if resume:
         _check_resumed_config(cfg, out)
-    out.mkdir(parents=True, exist_ok=True)
+    writable_dir(out)
     (out / "config.json").write_text(cfg.model_dump_json(indent=2))
 
 
@@ -221,6 +265,12 @@ def run_experiment(
     out = Path(out_dir)
     task, system, n_digital = build_pieces(cfg)
     start_run(cfg, out, resume)
+    with logged(system, out / "device_log.h5"):  # what the lab measures outside the methods' own logs
+        return _run(cfg, out, task, system, n_digital, progress, resume)
+
+
+def _run(cfg: ExperimentConfig, out: Path, task: ClassificationTask, system: PhysicalSystem, n_digital: int,
+         progress: bool, resume: bool) -> dict[str, Any]:
     needs_twin = any(m in ("pat", "in_silico") for m in cfg.methods)
     tw = make_twin(system, twin_to_use(cfg.twin, out, resume), out, progress) if needs_twin else None
     results: dict[str, Any] = {
@@ -262,11 +312,11 @@ def run_experiment(
     if cfg.digital_baseline is not None:
         results["digital_baseline"] = digital_baseline(cfg, task, cfg.digital_baseline)
     if cfg.cv_folds:
-        results["cv"] = cross_validate(cfg, task, system, twin)
+        results["cv"] = cross_validate(cfg, task, system, twin, out / "cv")
     if cfg.depth_sweep:
-        results["depth_sweep"] = depth_sweep(cfg, task, system, twin, cfg.depth_sweep)
+        results["depth_sweep"] = depth_sweep(cfg, task, system, twin, cfg.depth_sweep, out / "depth_sweep")
     if cfg.imperfection_sweep:
-        results["imperfection_sweep"] = imperfection_sweep(cfg, task, cfg.imperfection_sweep, out)
+        results["imperfection_sweep"] = imperfection_sweep(cfg, task, cfg.imperfection_sweep, out / "imperfection_sweep")
     (out / "results.json").write_text(json.dumps(results, indent=2))
     from .plots import plot_experiment
 
@@ -283,18 +333,21 @@ def _methods(cfg: ExperimentConfig) -> list[str]:
 
 
 def _accuracies(cfg: ExperimentConfig, task: ClassificationTask, system: PhysicalSystem,
-                twin: DigitalTwin | None, seeds: list[int] | None = None) -> dict[str, Any]:
+                twin: DigitalTwin | None, seeds: list[int] | None = None,
+                out: Path | None = None) -> dict[str, Any]:
     """Train every method (no per-epoch monitoring) and return physical (and twin) test accuracies.
 
     With ``seeds``, every method is trained once per network seed; the row holds the mean over seeds under the
-    method's key, plus ``<key>_std`` and ``<key>_per_seed``.
+    method's key, plus ``<key>_std`` and ``<key>_per_seed``. With ``out``, each training keeps its device log,
+    weights and training log in ``out/<method>`` (``out/seed<k>/<method>`` with ``seeds``).
     """
     runs: list[dict[str, Any]] = []
     for sd in seeds or [cfg.seed]:
         c = cfg if sd == cfg.seed else cfg.model_copy(update={"seed": sd})
         row: dict[str, Any] = {}
         for m in _methods(c):
-            _, res = train_method(c, task, system, twin, m, monitor=False)
+            d = None if out is None else (out / f"seed{sd}" if seeds else out) / m
+            _, res = train_method(c, task, system, twin, m, out_dir=d, monitor=False)
             row[m] = res.test_accuracy
             if res.twin_test_accuracy is not None:
                 row[f"{m}_twin"] = res.twin_test_accuracy
@@ -311,9 +364,11 @@ def _accuracies(cfg: ExperimentConfig, task: ClassificationTask, system: Physica
 
 
 def cross_validate(cfg: ExperimentConfig, task: ClassificationTask, system: PhysicalSystem,
-                   twin: DigitalTwin | None) -> dict[str, Any]:
-    """Stratified k-fold CV of every method (same lab, same twin); mean and std of physical test accuracy."""
-    folds = [_accuracies(cfg, fold, system, twin) for fold in task.cv_folds(cfg.cv_folds, seed=cfg.seed)]
+                   twin: DigitalTwin | None, out: Path | None = None) -> dict[str, Any]:
+    """Stratified k-fold CV of every method (same lab, same twin); mean and std of physical test accuracy. With
+    ``out``, fold k's trainings keep their logs in ``out/fold<k>``."""
+    folds = [_accuracies(cfg, fold, system, twin, out=None if out is None else out / f"fold{k}")
+             for k, fold in enumerate(task.cv_folds(cfg.cv_folds, seed=cfg.seed))]
     out: dict[str, Any] = {"folds": cfg.cv_folds, "per_fold": folds}
     for key in folds[0]:
         v = torch.tensor([f[key] for f in folds], dtype=torch.float64)
@@ -322,28 +377,34 @@ def cross_validate(cfg: ExperimentConfig, task: ClassificationTask, system: Phys
 
 
 def depth_sweep(cfg: ExperimentConfig, task: ClassificationTask, system: PhysicalSystem,
-                twin: DigitalTwin | None, depths: list[int]) -> list[dict[str, Any]]:
+                twin: DigitalTwin | None, depths: list[int], out: Path | None = None) -> list[dict[str, Any]]:
+    """Every method trained at each depth (same lab, same twin); with ``out``, depth n's logs in
+    ``out/depth<n>``."""
     rows = []
     for n in depths:
         c = cfg.model_copy(deep=True)
         c.network.depth = n
-        rows.append({"layers": n, **_accuracies(c, task, system, twin, cfg.sweep_seeds)})
+        d = None if out is None else out / f"depth{n}"
+        rows.append({"layers": n, **_accuracies(c, task, system, twin, cfg.sweep_seeds, out=d)})
     return rows
 
 
 def imperfection_sweep(cfg: ExperimentConfig, task: ClassificationTask, scales: list[float],
-                       out: Path) -> list[dict[str, Any]]:
-    """For each scale: a lab with all defects scaled, a twin refitted to it, every method trained."""
+                       out: Path | None = None) -> list[dict[str, Any]]:
+    """For each scale: a lab with all defects scaled, a twin refitted to it, every method trained. With ``out``,
+    scale s keeps its twin, its measurements and its trainings' logs in ``out/scale<s>``."""
     rows = []
     for s in scales:
         c = cfg.model_copy(deep=True)
         c.lab.imperfection_scale = s
         system = build_lab(c.lab)
-        tw = make_twin(system, c.twin, None) if any(m in ("pat", "in_silico") for m in c.methods) else None
-        row: dict[str, Any] = {"scale": s}
-        if tw and tw.twin.report:
-            row["twin_val_nrmse"] = tw.twin.report.val_nrmse
-        rows.append({**row, **_accuracies(c, task, system, tw.twin if tw else None, cfg.sweep_seeds)})
+        d = None if out is None else out / f"scale{s:g}"
+        with logged(system, None if d is None else d / "device_log.h5"):
+            tw = make_twin(system, c.twin, d) if any(m in ("pat", "in_silico") for m in c.methods) else None
+            row: dict[str, Any] = {"scale": s}
+            if tw and tw.twin.report:
+                row["twin_val_nrmse"] = tw.twin.report.val_nrmse
+            rows.append({**row, **_accuracies(c, task, system, tw.twin if tw else None, cfg.sweep_seeds, out=d)})
     return rows
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 from typing import Literal, get_args
 
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError, ShapeError, TwinError
 from .pat import Twin, pat_forward
-from .system import PhysicalSystem
+from .system import PhysicalSystem, clamp_to_range, inner_bounds
 
 Mode = Literal["pat", "in_silico", "physical", "exact"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -62,6 +63,14 @@ class PhysicalLayer(nn.Module):
         overlap: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(system, PhysicalSystem):
+            raise ConfigError("PhysicalLayer: system must be a PhysicalSystem (make_lab(...), FunctionSystem(fn, spec) "
+                              f"or a subclass), got {type(system).__name__}")
+        system.check_spec()
+        if twin is not None and not callable(twin):
+            hint = " (a path? load the twin with DigitalTwin.load)" if isinstance(twin, (str, os.PathLike)) else ""
+            raise ConfigError(f"PhysicalLayer: twin must be a DigitalTwin or a function twin(x, params), got "
+                              f"{type(twin).__name__}{hint}")
         if input_constraint not in ("clamp", "sigmoid") or param_constraint not in ("clamp", "sigmoid"):
             raise ConfigError("input_constraint and param_constraint must be 'clamp' or 'sigmoid'")
         self.system = system
@@ -111,16 +120,16 @@ class PhysicalLayer(nn.Module):
         for p in self.system.spec.params:
             v = self.theta[p.name]
             if self.param_constraint == "sigmoid":  # the clamp only catches rounding past a bound at saturation
-                out[p.name] = (p.low + (p.high - p.low) * torch.sigmoid(v)).clamp(p.low, p.high)
+                out[p.name] = clamp_to_range(p.low + (p.high - p.low) * torch.sigmoid(v), p.low, p.high)
             else:
-                out[p.name] = v.clamp(p.low, p.high)
+                out[p.name] = clamp_to_range(v, p.low, p.high)
         return out
 
     def constrain_input(self, x: Tensor) -> Tensor:
         lo, hi = self.system.spec.input_low, self.system.spec.input_high
         if self.input_constraint == "sigmoid":  # the clamp only catches rounding past a bound at saturation
-            return (lo + (hi - lo) * torch.sigmoid(x)).clamp(lo, hi)
-        return x.clamp(lo, hi)
+            return clamp_to_range(lo + (hi - lo) * torch.sigmoid(x), lo, hi)
+        return clamp_to_range(x, lo, hi)
 
     @torch.no_grad()
     def project_(self) -> None:
@@ -128,7 +137,7 @@ class PhysicalLayer(nn.Module):
         if self.param_constraint != "clamp":
             return
         for p in self.system.spec.params:
-            self.theta[p.name].clamp_(p.low, p.high)
+            self.theta[p.name].clamp_(*inner_bounds(p.low, p.high, self.theta[p.name].dtype))
 
     # --- forward ------------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -329,6 +338,9 @@ class ParallelPhysical(nn.Module):
         super().__init__()
         if not layers:
             raise ConfigError("parallel layer: needs at least one channel")
+        wrong = next((m for m in layers if not isinstance(m, PhysicalLayer)), None)
+        if wrong is not None:
+            raise ConfigError(f"parallel layer: channels must be PhysicalLayers, got {type(wrong).__name__}")
         self.channels = nn.ModuleList(layers)
         self.shared = bool(shared)
         self.batched = bool(batched)

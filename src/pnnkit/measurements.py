@@ -7,6 +7,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import h5py
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from .errors import ConfigError, DataError
 from .spec import SystemSpec
-from .system import PhysicalSystem
+from .system import PhysicalSystem, clamp_to_range
 
 FORMAT = "pnnkit.measurements/1"
 
@@ -124,6 +125,8 @@ class MeasurementSet:
         path = Path(path)
         if not path.exists():
             raise DataError(f"measurement file not found: {path}")
+        if path.is_dir():
+            raise DataError(f"{path} is a directory; give its .h5 file (e.g. {path / 'twin_measurements.h5'})")
         try:
             with h5py.File(path, "r") as f:
                 if f.attrs.get("format") != FORMAT:
@@ -133,8 +136,9 @@ class MeasurementSet:
                 x = torch.from_numpy(f["x"][...])
                 y = torch.from_numpy(f["y"][...])
                 params = {p.name: torch.from_numpy(f["params"][p.name][...]) for p in spec.params}
-        except (OSError, KeyError) as e:
-            raise DataError(f"cannot read measurement file {path}: {e}") from e
+        except (OSError, KeyError, ValueError, TypeError, ConfigError) as e:  # ValueError: a damaged JSON attribute;
+            # TypeError: a spec with unknown fields, or a dataset of strings; ConfigError: a spec that does not hold
+            raise DataError(" ".join(f"cannot read measurement file {path}: {e}".split())) from e
         return cls(spec, x, params, y, meta)
 
 
@@ -196,7 +200,7 @@ def acquire(
     theta_u = _design(design, pdim, n_set, seed) if pdim else np.zeros((n_set, 0))
     x_u = _design(design, spec.input_dim, n, seed + 1)
     x_all = torch.as_tensor(spec.input_low + (spec.input_high - spec.input_low) * x_u, dtype=dtype)
-    x_all = x_all.clamp(spec.input_low, spec.input_high)
+    x_all = clamp_to_range(x_all, spec.input_low, spec.input_high)
     ys, ps = [], {p.name: [] for p in spec.params}
     it = range(n_set)
     if progress:
@@ -223,7 +227,7 @@ def acquire(
             off, params = 0, {}
             for p in spec.params:
                 u = torch.as_tensor(theta_u[s, off : off + p.numel], dtype=dtype).reshape(p.shape)
-                params[p.name] = (p.low + (p.high - p.low) * u).clamp(p.low, p.high)
+                params[p.name] = clamp_to_range(p.low + (p.high - p.low) * u, p.low, p.high)
                 off += p.numel
             xb = x_all[s * inputs_per_setting : (s + 1) * inputs_per_setting]
             ys.append(torch.stack([system(xb, params) for _ in range(repeats)], dim=1))
@@ -271,6 +275,28 @@ class MeasurementLog:
         # dataset handles looked up once: h5py's name lookup costs as much as a small measurement per call
         self._x, self._y, self._call = f["x"], f["y"], f["call"]
         self._params = {p.name: f["params"][p.name] for p in spec.params}
+        self._repair()
+
+    def _repair(self) -> None:
+        """Cut a call that was not written whole (the process killed inside :meth:`append`).
+
+        A call's ``call`` rows are written last and commit it: ``x``/``y`` rows beyond them, θ rows beyond the last
+        committed call, and a ``call`` tail left unfilled by a resize (its indices go backwards) are removed.
+        """
+        calls = self._call[...]
+        n = len(calls)
+        if n > 1:
+            back = np.flatnonzero(np.diff(calls) < 0)
+            if len(back):
+                n = int(back[0]) + 1
+        n = min(n, self._x.shape[0], self._y.shape[0])
+        m = int(calls[n - 1]) + 1 if n else 0
+        if self.spec.params:
+            m = min(m, *(d.shape[0] for d in self._params.values()))
+            n = int(np.searchsorted(calls[:n], m))  # a call whose θ rows are missing is not whole either
+        for d, size in ((self._x, n), (self._y, n), (self._call, n), *((d, m) for d in self._params.values())):
+            if d.shape[0] != size:
+                d.resize(size, axis=0)
 
     @staticmethod
     def _append(d: h5py.Dataset, v: np.ndarray) -> None:
@@ -278,22 +304,46 @@ class MeasurementLog:
         d.resize(n + len(v), axis=0)
         d[n:] = v
 
-    def append(self, x: Tensor, params: dict[str, Tensor], y: Tensor) -> None:
+    def append(self, x: Tensor, params: Mapping[str, Tensor], y: Tensor) -> None:
+        """Write one call: its θ rows, then ``x`` and ``y``, then the ``call`` rows that commit it. Every array is
+        built before the first write, so a conversion error leaves the file as it was."""
         dsets = self._params
         call = dsets[self.spec.params[0].name].shape[0] if self.spec.params else int(self._call.shape[0])
+        b = x.shape[0]
         batched = any(v.dim() > len(self.spec.param(k).shape) for k, v in params.items())
-        if batched:  # per-sample θ: one 'call' row per sample
-            for k, v in params.items():
-                self._append(dsets[k], v.detach().cpu().float().numpy())
-            calls = np.arange(call, call + x.shape[0])
-        else:
-            for k, v in params.items():
-                self._append(dsets[k], v.detach().cpu().float().numpy()[None])
-            calls = np.full(x.shape[0], call)
-        self._append(self._x, x.detach().cpu().float().numpy())
-        self._append(self._y, y.detach().cpu().float().numpy())
-        self._append(self._call, calls)
+        rows: list[tuple[h5py.Dataset, np.ndarray]] = []
+        for k, v in params.items():
+            v = v.detach().cpu().float()
+            shape = self.spec.param(k).shape
+            if not batched:
+                v = v[None]
+            elif v.dim() == len(shape):  # a shared block in a call with per-sample θ: one row per sample too
+                v = v.expand(b, *shape)
+            rows.append((dsets[k], v.numpy()))
+        calls = np.arange(call, call + b) if batched else np.full(b, call)
+        rows += [(self._x, x.detach().cpu().float().numpy()), (self._y, y.detach().cpu().float().numpy()),
+                 (self._call, calls)]
+        for d, v in rows:
+            self._append(d, v)
         self._f.flush()
+
+    def append_refused(self, x: Tensor, params: Mapping[str, Tensor], reading: Any, why: str) -> str:
+        """Keep a reading the system refused (wrong shape or type) as it came back, with the call's inputs, in
+        ``refused/<k>``; returns that group's name. Such readings are not part of :meth:`to_measurements`."""
+        g = self._f.require_group("refused").create_group(str(len(self._f["refused"])))
+        g.attrs["why"] = why
+        g.attrs["rows_before"] = int(self._x.shape[0])  # where it came in the stream of logged rows
+        g.create_dataset("x", data=x.detach().cpu().numpy())
+        for k, v in params.items():
+            g.create_dataset(f"params/{k}", data=v.detach().cpu().numpy())
+        data = reading.detach().cpu().numpy() if isinstance(reading, Tensor) else reading
+        try:
+            g.create_dataset("reading", data=np.ma.filled(data, np.nan) if isinstance(data, np.ma.MaskedArray)
+                             else np.asarray(data))
+        except (TypeError, ValueError):  # not storable as an array (e.g. objects): its text
+            g.attrs["reading_repr"] = repr(reading)[:100_000]
+        self._f.flush()
+        return g.name
 
     def __len__(self) -> int:
         return int(self._f["x"].shape[0])

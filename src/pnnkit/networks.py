@@ -16,7 +16,7 @@ from .system import PhysicalSystem
 
 
 class _Block(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class PhysicalBlock(_Block):

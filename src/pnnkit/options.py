@@ -11,6 +11,8 @@ against the dataclass's fields. Parameters with other annotations (tensors, dtyp
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 import types
 import typing
 from typing import Any, Callable
@@ -53,6 +55,27 @@ def _convert(what: str, key: str, hint: Any, value: Any) -> Any:
         return TypeAdapter(hint).validate_python(value)
     except ValidationError:
         raise ConfigError(f"{what}: option {key!r} must be {_type_name(hint)}, got {value!r}") from None
+
+
+def option_names(target: Callable[..., Any]) -> set[str] | None:
+    """Keyword options ``target`` accepts (None if it takes ``**kwargs`` or has no readable signature)."""
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def refuse_unknown(what: str, options: dict[str, Any], accepted: set[str] | None) -> None:
+    """A one-line :class:`ConfigError` for the first option not in ``accepted`` (with a did-you-mean and the
+    list); nothing when all are known or ``accepted`` is None (anything goes)."""
+    unknown = sorted(set(options) - accepted) if accepted is not None else []
+    if unknown:
+        hint = difflib.get_close_matches(unknown[0], sorted(accepted or ()), n=1)
+        raise ConfigError(f"{what} has no option {unknown[0]!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                          + f"; its options: {', '.join(sorted(accepted or ()))}")
 
 
 def check_options(what: str, target: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:

@@ -25,9 +25,12 @@ def plot_learning_curves(histories: dict[str, list[dict[str, Any]]], path: Path)
             a2.plot(*zip(*twin), ls="--", label=f"{method}: on its twin")
     a1.set(xlabel="epoch", ylabel="training loss", title="training loss")
     a2.set(xlabel="epoch", ylabel="test accuracy", title="test accuracy", ylim=(0, 1.02))
+    if not a2.lines:  # no test accuracy was monitored during training (e.g. monitor_physical: false)
+        a2.text(0.5, 0.5, "not monitored during training", ha="center", va="center", transform=a2.transAxes)
     for a in (a1, a2):
         a.grid(alpha=0.3)
-        a.legend(fontsize=8)
+        if a.lines:
+            a.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -10,6 +10,16 @@ from typing import Any
 from .errors import ConfigError
 
 
+def _real(owner: str, key: str, value: Any) -> float:
+    """``value`` as a float, or a one-line ConfigError naming ``owner.key`` (text, None and booleans are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        raise ConfigError(f"{owner}: {key} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{owner}: {key} must be a number, got {value!r}") from None
+
+
 @dataclass(frozen=True)
 class ParamSpec:
     """One named, controllable parameter block of a physical system.
@@ -42,8 +52,16 @@ class ParamSpec:
         if any(s < 0 for s in shape):
             raise ConfigError(f"parameter {self.name!r}: shape must be a tuple of integers ≥ 0, got {self.shape!r}")
         object.__setattr__(self, "shape", shape)
-        if not self.name.isidentifier():
+        if not isinstance(self.name, str) or not self.name.isidentifier():
             raise ConfigError(f"parameter name {self.name!r} must be a Python identifier")
+        who = f"parameter {self.name!r}"
+        for key in ("low", "high"):
+            object.__setattr__(self, key, _real(who, key, getattr(self, key)))
+        scale = _real(who, "init_scale", self.init_scale)
+        if not 0 <= scale <= 1:
+            raise ConfigError(f"{who}: init_scale must lie in [0, 1] (a fraction of the range), got {self.init_scale!r}")
+        if self.init is not None:
+            object.__setattr__(self, "init", _real(who, "init", self.init))
         if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
             raise ConfigError(f"parameter {self.name!r}: need finite low < high, got [{self.low}, {self.high}]")
         if self.init is not None and not (self.low <= self.init <= self.high):
@@ -81,6 +99,15 @@ class SystemSpec:
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"system name must be a non-empty string, got {self.name!r}")
+        for key in ("input_low", "input_high"):
+            object.__setattr__(self, key, _real(f"system {self.name!r}", key, getattr(self, key)))
+        if self.noise_std is not None:
+            noise = _real(f"system {self.name!r}", "noise_std", self.noise_std)
+            if not (math.isfinite(noise) and noise >= 0):
+                raise ConfigError(f"system {self.name!r}: noise_std must be a finite number ≥ 0 or None, got "
+                                  f"{self.noise_std!r}")
         params = (self.params,) if isinstance(self.params, ParamSpec) else self.params
         if not hasattr(params, "__iter__") or not all(isinstance(p, ParamSpec) for p in params):
             raise ConfigError(f"system {self.name!r}: params must be a tuple of ParamSpec, got {self.params!r}")
@@ -88,6 +115,8 @@ class SystemSpec:
         for key in ("input_dim", "output_dim"):
             value = getattr(self, key)
             try:
+                if isinstance(value, bool):
+                    raise TypeError
                 object.__setattr__(self, key, operator.index(value))
             except TypeError:
                 raise ConfigError(f"system {self.name!r}: {key} must be an integer, got {value!r}") from None

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .errors import ConfigError, DeviceError, PnnkitError, RangeError, ShapeError
+from .interrupts import defer_interrupts
 from .spec import SystemSpec
 
 Params = Mapping[str, Tensor]
@@ -21,25 +22,53 @@ Params = Mapping[str, Tensor]
 _HALF = (torch.float16, torch.bfloat16)
 
 
-@functools.lru_cache(maxsize=256)
-def _bound_in(value: float, dtype: torch.dtype) -> float:
-    """``value`` rounded to ``dtype``, as the element-wise comparison ``x < value`` rounds it."""
-    return float(torch.tensor(value, dtype=dtype))
+@functools.lru_cache(maxsize=512)
+def inner_bounds(low: float, high: float, dtype: torch.dtype) -> tuple[float, float]:
+    """The values of ``dtype`` closest to ``low`` and ``high`` that lie inside ``[low, high]``.
+
+    Rounding a bound to a tensor's precision can move it outward (float32(0.1) > 0.1), so clamping a float32
+    tensor to ``(low, high)`` could hand a device 0.1000000015 for a declared maximum of 0.1; clamping to these
+    bounds never does. Bounds the dtype represents exactly (±1, 0.5, …) come back unchanged.
+    """
+    def inward(value: float, toward: float) -> float:
+        t = torch.tensor(value, dtype=dtype)
+        if (float(t) > value) if toward < value else (float(t) < value):
+            t = torch.nextafter(t, torch.tensor(toward, dtype=dtype))
+        return float(t)
+
+    if not dtype.is_floating_point:
+        return float(math.ceil(low)), float(math.floor(high))
+    return inward(low, math.inf), inward(high, -math.inf)
+
+
+def clamp_to_range(t: Tensor, low: float, high: float) -> Tensor:
+    """``t`` clamped into ``[low, high]`` in its own precision, never past a bound (see :func:`inner_bounds`)."""
+    lo, hi = inner_bounds(low, high, t.dtype)
+    return t.clamp(lo, hi)
 
 
 def _finite_within(t: Tensor, low: float, high: float) -> bool:
     """True when every value of ``t`` is finite and inside ``[low, high]`` — one fused min/max reduction.
 
-    ``aminmax`` propagates NaN into both results, which then fail every comparison; ±inf fail the bounds or the
-    finiteness test. False means "not shown to be fine" (also for dtypes this path does not handle): the caller
-    then runs the detailed element-wise checks, which raise the clear error.
+    The comparison is exact: the extremes come back as Python floats (float64 holds every float32 value) and are
+    compared with the bounds as declared, so a value rounded past a bound is not let through. ``aminmax``
+    propagates NaN into both results, which then fail every comparison; ±inf fail the bounds or the finiteness
+    test. False means "not shown to be fine" (also for dtypes this path does not handle): the caller then runs
+    the detailed element-wise checks, which raise the clear error.
     """
     if not t.is_floating_point() or t.numel() == 0:
         return False
     mn, mx = torch.aminmax(t.detach())
     lo, hi = mn.item(), mx.item()
-    return (math.isfinite(lo) and math.isfinite(hi)
-            and _bound_in(low, t.dtype) <= lo and hi <= _bound_in(high, t.dtype))
+    return math.isfinite(lo) and math.isfinite(hi) and low <= lo and hi <= high
+
+
+def _outside(t: Tensor, low: float, high: float) -> bool:
+    """Whether any value of ``t`` lies outside ``[low, high]``, compared exactly (in float64)."""
+    d = t.detach()
+    if d.dtype != torch.float64:
+        d = d.double()
+    return bool((d < low).any()) or bool((d > high).any())
 
 
 class PhysicalSystem(ABC):
@@ -80,8 +109,20 @@ class PhysicalSystem(ABC):
         self._queries = 0
 
     def attach_log(self, log: Any | None) -> None:
-        """Record every successful call into ``log`` (a :class:`pnnkit.measurements.MeasurementLog`); None detaches."""
+        """Record every call into ``log`` (a :class:`pnnkit.measurements.MeasurementLog`); None detaches."""
         self._log = log
+
+    def push_log(self, log: Any) -> None:
+        """Record into ``log`` until :meth:`pop_log`, which re-attaches the log that was attached before."""
+        self._log_stack = [*getattr(self, "_log_stack", []), getattr(self, "_log", None)]
+        self._log = log
+
+    def pop_log(self) -> Any | None:
+        """Undo the last :meth:`push_log`: re-attach the log that was attached before it; returns the popped log."""
+        stack = getattr(self, "_log_stack", [])
+        log = getattr(self, "_log", None)
+        self._log = stack.pop() if stack else None
+        return log
 
     def get_state(self) -> dict[str, Any]:
         """Mutable state (e.g. noise generators) needed to resume a run exactly; default none."""
@@ -91,11 +132,16 @@ class PhysicalSystem(ABC):
         """Restore what :meth:`get_state` returned."""
 
     # --- the guarded call ----------------------------------------------------------------------------------
-    def check_inputs(self, x: Tensor, params: Params) -> int:
-        """Raise :class:`ShapeError` / :class:`RangeError` unless ``x`` and ``params`` fit the spec; return B."""
+    def check_spec(self) -> SystemSpec:
+        """:attr:`spec`, or a one-line :class:`ConfigError` if the system has none."""
         spec = getattr(self, "spec", None)
         if not isinstance(spec, SystemSpec):
             raise ConfigError(f"{type(self).__name__} has no spec: set self.spec = SystemSpec(...) in its __init__")
+        return spec
+
+    def check_inputs(self, x: Tensor, params: Params) -> int:
+        """Raise :class:`ShapeError` / :class:`RangeError` unless ``x`` and ``params`` fit the spec; return B."""
+        spec = self.check_spec()
         if not isinstance(x, Tensor):
             raise ShapeError(f"{spec.name}: x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 2 or x.shape[1] != spec.input_dim:
@@ -112,7 +158,7 @@ class PhysicalSystem(ABC):
         if not _finite_within(x, lo, hi):  # fast path: one reduction; otherwise the detailed checks below
             if not torch.isfinite(x).all():
                 raise RangeError(f"{spec.name}: input contains NaN or inf")
-            if bool((x < lo).any()) or bool((x > hi).any()):
+            if _outside(x, lo, hi):
                 raise RangeError(
                     f"{spec.name}: input outside its hard range [{lo}, {hi}] {spec.input_unit} "
                     f"(min {x.min().item():.9g}, max {x.max().item():.9g}); constrain it before the call"
@@ -139,7 +185,7 @@ class PhysicalSystem(ABC):
             if v.numel() and not _finite_within(v, p.low, p.high):
                 if not torch.isfinite(v).all():
                     raise RangeError(f"{spec.name}: parameter {p.name!r} contains NaN or inf")
-                if bool((v < p.low).any()) or bool((v > p.high).any()):
+                if _outside(v, p.low, p.high):
                     raise RangeError(
                         f"{spec.name}: parameter {p.name!r} outside its hard range [{p.low}, {p.high}] {p.unit} "
                         f"(min {v.min().item():.9g}, max {v.max().item():.9g})"
@@ -147,53 +193,96 @@ class PhysicalSystem(ABC):
         return batch
 
     def __call__(self, x: Tensor, params: Params, *, grad: bool = False) -> Tensor:
-        """Measure a batch: check, run :meth:`measure`, check the result, count queries.
+        """Measure a batch: check, run :meth:`measure`, check the result, count queries, log the call.
 
-        ``grad=True`` keeps the autograd graph (``exact`` mode; differentiable systems only).
+        ``grad=True`` keeps the autograd graph (``exact`` mode; differentiable systems only). A ``measure`` that
+        fails part-way may attach ``partial_reading`` to the exception it raises — an array ``(B, output_dim)``
+        with NaN rows for the samples it could not measure — and the call logs those readings before the error
+        goes on, so nothing measured is lost.
         """
+        if not grad and isinstance(x, Tensor) and isinstance(params, Mapping):
+            # the device gets detached CPU copies, made before the check: what was checked is what is sent, and a
+            # driver that writes into its input cannot change the network's tensors or the log
+            home = x.device
+            x = x.detach().cpu().clone()
+            params = {k: v.detach().cpu().clone() if isinstance(v, Tensor) else v for k, v in params.items()}
+        else:
+            home = x.device if isinstance(x, Tensor) else None
         batch = self.check_inputs(x, params)
         if grad and not self.differentiable:
             raise DeviceError(f"{self.spec.name}: system is not differentiable; 'exact' mode needs a simulation")
         try:
             if grad:
                 y = self.measure(x, dict(params))
-            else:  # the device gets detached CPU copies, whatever device the network runs on: a driver that
-                with torch.no_grad():  # writes into its input cannot change the network's tensors or the log
-                    y = self.measure(x.detach().cpu().clone(),
-                                     {k: v.detach().cpu().clone() for k, v in params.items()})
-        except PnnkitError:
-            raise
-        except Exception as e:  # the device's own failure (driver, timeout, simulator): named, with its cause
+            else:
+                with torch.no_grad():
+                    y = self.measure(x, params)
+        except BaseException as e:
+            kept = self._keep_partial(x, params, e)
+            if isinstance(e, PnnkitError) and kept:
+                raise type(e)(f"{e}{kept}") from e
+            if isinstance(e, PnnkitError) or not isinstance(e, Exception):  # our own errors, Ctrl-C: as they are
+                raise
+            # the device's own failure (driver, timeout, simulator): named, with its cause
             raise DeviceError(f"{self.spec.name}: measure() failed on call {self.calls + 1} (batch of {batch}): "
-                              f"{type(e).__name__}: {e}") from e
-        if isinstance(y, np.ma.MaskedArray):  # masked (invalid) readings count as NaN: refused below, and logged
-            y = y.astype(np.float64).filled(np.nan)
-        if isinstance(y, np.ndarray):
-            if not (np.issubdtype(y.dtype, np.floating) or np.issubdtype(y.dtype, np.integer)):
-                raise DeviceError(f"{self.spec.name}: measure() returned an array of {y.dtype}, expected real numbers")
-            y = torch.from_numpy(np.ascontiguousarray(y))
-            y = y.to(_reading_dtype(x, y))
-        if isinstance(y, Tensor) and (y.is_complex() or y.dtype == torch.bool):
-            raise DeviceError(f"{self.spec.name}: measure() returned {y.dtype} values, expected real numbers")
-        if isinstance(y, Tensor) and y.device != x.device:
-            y = y.to(x.device)
-        if not isinstance(y, Tensor):
-            raise DeviceError(f"{self.spec.name}: measure() returned {type(y).__name__}, expected a tensor or array")
-        if tuple(y.shape) != (batch, self.spec.output_dim):
-            raise DeviceError(
-                f"{self.spec.name}: measure() returned shape {tuple(y.shape)}, expected ({batch}, {self.spec.output_dim})"
-            )
-        self._calls = self.calls + 1
-        self._queries = self.queries + batch
+                              f"{type(e).__name__}: {e}{kept}") from e
         log = getattr(self, "_log", None)
-        if log is not None:  # what came back is kept as measured, NaN/inf included (readers skip those rows)
-            log.append(x, params, y)
+        with defer_interrupts():  # from the reading's return to its last logged row, Ctrl-C waits
+            y = self._checked_reading(y, x, params, batch)
+            self._calls = self.calls + 1
+            self._queries = self.queries + batch
+            if log is not None:  # what came back is kept as measured, NaN/inf included (readers skip those rows)
+                log.append(x, params, y)
         if not _finite_within(y, -math.inf, math.inf) and not torch.isfinite(y).all():
             bad = int((~torch.isfinite(y)).any(dim=1).sum())
             kept = " (the call is kept in the attached log)" if log is not None else ""
             raise DeviceError(f"{self.spec.name}: measurement returned NaN/inf for {bad} of {batch} samples{kept}")
         out = _reading_dtype(x, y)
-        return y if y.dtype == out else y.to(out)
+        y = y if y.dtype == out else y.to(out)
+        return y if home is None or y.device == home else y.to(home)
+
+    def _checked_reading(self, y: Any, x: Tensor, params: Params, batch: int) -> Tensor:
+        """``measure``'s return value as a real tensor of shape ``(batch, output_dim)``; anything else is refused
+        with a :class:`DeviceError`, after the reading, as it came back, is kept in the attached log."""
+        raw = y
+        if isinstance(y, np.ma.MaskedArray):  # masked (invalid) readings count as NaN: refused later, and logged
+            y = y.astype(np.float64).filled(np.nan)
+        why = None
+        if isinstance(y, np.ndarray):
+            if not (np.issubdtype(y.dtype, np.floating) or np.issubdtype(y.dtype, np.integer)):
+                why = f"measure() returned an array of {y.dtype}, expected real numbers"
+            else:
+                y = torch.from_numpy(np.ascontiguousarray(y))
+                y = y.to(_reading_dtype(x, y))
+        if why is None and isinstance(y, Tensor) and (y.is_complex() or y.dtype == torch.bool):
+            why = f"measure() returned {y.dtype} values, expected real numbers"
+        if why is None and not isinstance(y, Tensor):
+            why = f"measure() returned {type(y).__name__}, expected a tensor or array"
+        if why is None and tuple(y.shape) != (batch, self.spec.output_dim):
+            why = f"measure() returned shape {tuple(y.shape)}, expected ({batch}, {self.spec.output_dim})"
+        if why is not None:
+            log = getattr(self, "_log", None)
+            kept = ""
+            if log is not None and hasattr(log, "append_refused"):
+                where = log.append_refused(x, params, raw, why)
+                kept = f" (the reading is kept in {getattr(log, 'path', 'the attached log')} under {where})"
+            raise DeviceError(f"{self.spec.name}: {why}{kept}")
+        return y
+
+    def _keep_partial(self, x: Tensor, params: Params, error: BaseException) -> str:
+        """Log the ``partial_reading`` a failed ``measure`` attached to ``error``; the note for its message."""
+        part = getattr(error, "partial_reading", None)
+        log = getattr(self, "_log", None)
+        if part is None or log is None:
+            return ""
+        y = torch.as_tensor(np.ma.filled(np.ma.asarray(part, dtype=np.float64), np.nan))
+        if tuple(y.shape) != (x.shape[0], self.spec.output_dim):
+            return ""
+        with defer_interrupts():
+            log.append(x, params, y)
+        done = int(torch.isfinite(y).all(dim=1).sum())
+        return (f" (the {done} samples measured before the failure are kept in "
+                f"{getattr(log, 'path', 'the attached log')})")
 
     def __repr__(self) -> str:
         spec = getattr(self, "spec", None)

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from .augment import RandomAffine
 from .checkpoint import load_checkpoint, save_checkpoint
-from .errors import ConfigError
+from .errors import ConfigError, DivergenceError
 from .layers import (
     Mode, init_from_data, physical_layers, project_parameters, set_mode, set_overlap, using_mode,
 )
@@ -221,7 +221,7 @@ def fit_readout(readout: nn.Module, feats: Tensor, y: Tensor, l2: float = 1e-4, 
     with torch.no_grad():
         loss1, logits1 = objective()
     if not torch.isfinite(loss1):
-        raise FloatingPointError(f"refit_readout: the loss became {float(loss1)}; raise refit_l2")
+        raise DivergenceError(f"refit_readout: the loss became {float(loss1)}; raise refit_l2")
     return {
         "parameters": sum(p.numel() for p in params),
         "l2": l2,
@@ -297,13 +297,14 @@ def attach_device_logs(model: nn.Module, directory: Path, fresh: bool, name: str
         if fresh:
             keep_existing(path)
         logs.append(MeasurementLog(path, s.spec))
-        s.attach_log(logs[-1])
+        s.push_log(logs[-1])
     return logs
 
 
 def detach_device_logs(model: nn.Module, logs: list[Any]) -> None:
+    """Close the logs of :func:`attach_device_logs`; each system goes back to the log it had before (if any)."""
     for s, lg in zip(_systems(model), logs):
-        s.attach_log(None)
+        s.pop_log()
         lg.close()
 
 
@@ -328,15 +329,27 @@ def _check_task(task: ClassificationTask) -> None:
             if not isinstance(v, torch.Tensor):
                 raise ConfigError(f"task {task.name!r}: {name} must be a torch.Tensor, got {type(v).__name__} "
                                   "(convert with torch.as_tensor)")
+        if x.dim() != 2:
+            raise ConfigError(f"task {task.name!r}: x_{part} must be 2-D (samples, features), got shape "
+                              f"{tuple(x.shape)}")
+        if y.dim() != 1:
+            raise ConfigError(f"task {task.name!r}: y_{part} must be 1-D class indices, got shape {tuple(y.shape)}"
+                              + (" (one-hot labels? use y.argmax(1))" if y.dim() == 2 else ""))
         if len(x) == 0:
             raise ConfigError(f"task {task.name!r}: the {part} set is empty")
         if len(x) != len(y):
             raise ConfigError(f"task {task.name!r}: {len(x)} {part} samples but {len(y)} labels")
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x)).any(dim=1).sum())
+            raise ConfigError(f"task {task.name!r}: x_{part} contains NaN or inf ({bad} of {len(x)} samples)")
         if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
             raise ConfigError(f"task {task.name!r}: {part} labels must be integers (class indices), got {y.dtype}")
         if int(y.min()) < 0 or int(y.max()) >= task.n_classes:
             raise ConfigError(f"task {task.name!r}: {part} labels must lie in 0 … {task.n_classes - 1} "
                               f"({task.n_classes} classes), got {int(y.min())} … {int(y.max())}")
+    if task.x_test.shape[1] != task.x_train.shape[1]:
+        raise ConfigError(f"task {task.name!r}: x_test has {task.x_test.shape[1]} features but x_train "
+                          f"{task.x_train.shape[1]}")
 
 
 class Trainer:
@@ -466,7 +479,6 @@ class Trainer:
                 log.writeheader()
         n = len(task.x_train)
         steps = math.ceil(n / cfg.batch_size)
-        logs = self._attach_device_logs(fresh=self.epoch == 0)
         bar = None
         if cfg.progress:
             from tqdm import tqdm
@@ -475,6 +487,7 @@ class Trainer:
                        leave=False)
         end = cfg.epochs if stop_after is None else min(cfg.epochs, self.epoch + stop_after)
         recorder: _FeatureRecorder | None = None
+        logs = self._attach_device_logs(fresh=self.epoch == 0)
         try:
             if self.epoch < end:  # data-dependent init of rescales not yet initialised (a no-op for most networks)
                 q0 = _queries(model)
@@ -504,9 +517,13 @@ class Trainer:
                     logits = model(xb)
                     if recorder is not None:
                         recorder.labels.append(yb)
+                    if logits.dim() != 2 or logits.shape[1] != task.n_classes:
+                        raise ConfigError(f"the network's output has shape {tuple(logits.shape)}, but task "
+                                          f"{task.name!r} has {task.n_classes} classes: its last block must give "
+                                          f"(batch, {task.n_classes})")
                     loss = F.cross_entropy(logits, yb)
                     if not torch.isfinite(loss):
-                        raise FloatingPointError(f"loss became {loss.item()} at epoch {self.epoch}; lower the lr")
+                        raise DivergenceError(f"loss became {loss.item()} at epoch {self.epoch}; lower the lr")
                     self.opt.zero_grad(set_to_none=True)
                     loss.backward()
                     self.opt.step()

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 import math
+import operator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -126,7 +127,10 @@ class DigitalTwin(nn.Module):
             if not p.exists():
                 raise TwinError(f"twin file missing: {p}")
         try:
-            meta = json.loads(jpath.read_text())
+            meta = json.loads(jpath.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise TwinError(f"twin description {jpath} is not a text JSON file (byte 0x{e.object[e.start]:02x} at "
+                            f"offset {e.start})") from None
         except json.JSONDecodeError as e:
             raise TwinError(f"twin description {jpath} is not valid JSON: {e}") from e
         if not isinstance(meta, dict) or meta.get("format") != TWIN_FORMAT:
@@ -134,6 +138,8 @@ class DigitalTwin(nn.Module):
         if hashlib.sha256(wpath.read_bytes()).hexdigest() != meta.get("sha256"):
             raise TwinError(f"twin weights {wpath} do not match the checksum in {jpath.name} (corrupt or replaced)")
         kind = meta.get("kind")
+        if not isinstance(kind, str):
+            raise TwinError(f"{jpath}: the twin kind must be a name, got {kind!r}")
         if kind not in _REGISTRY:
             _import_lab_twin_kinds()
         if kind not in _REGISTRY:
@@ -152,13 +158,20 @@ class DigitalTwin(nn.Module):
             tensors = load_file(str(wpath))
         except (SafetensorError, OSError) as e:
             raise TwinError(f"cannot read twin weights {wpath}: {e}") from e
-        twin = _REGISTRY[kind].from_config(spec, meta.get("config", {}))
+        try:
+            twin = _REGISTRY[kind].from_config(spec, meta.get("config") or {})
+        except (TypeError, ValueError, ConfigError) as e:  # a config key the class does not take, a wrong type
+            raise TwinError(f"twin {jpath} has an invalid config for a {kind} twin: {e}") from None
         try:
             twin.load_state_dict(tensors, strict=True)
-        except RuntimeError as e:
-            raise TwinError(f"twin weights {wpath} do not fit a {kind} twin: {str(e).splitlines()[0]}") from e
+        except RuntimeError as e:  # torch's first line only says "Error(s) in loading state_dict": keep the details
+            detail = " ".join(line.strip() for line in str(e).splitlines()[1:])
+            raise TwinError(f"twin weights {wpath} do not fit a {kind} twin: {detail[:300]}") from e
         if meta.get("report"):
-            twin.report = FitReport(**meta["report"])
+            try:
+                twin.report = FitReport(**meta["report"])
+            except TypeError as e:
+                raise TwinError(f"twin {jpath} has an invalid fit report: {e}") from None
         twin.eval().requires_grad_(False)
         return twin
 
@@ -195,7 +208,14 @@ class MLPTwin(DigitalTwin):
         super().__init__(spec)
         if activation not in self._ACT:
             raise ConfigError(f"unknown activation {activation!r}; choose one of {sorted(self._ACT)}")
-        self.hidden = tuple(int(h) for h in hidden)
+        try:
+            widths = [operator.index(h) for h in hidden]
+        except TypeError:
+            widths = None
+        if widths is None or isinstance(hidden, str) or any(isinstance(h, bool) or w < 1 for h, w in zip(hidden, widths)):
+            raise ConfigError(f"MLPTwin: hidden must be a sequence of integer widths ≥ 1 (e.g. (256, 256)), got "
+                              f"{hidden!r}")
+        self.hidden = tuple(widths)
         self.activation = activation
         n_in = spec.input_dim + spec.n_params
         lows = [spec.input_low] * spec.input_dim

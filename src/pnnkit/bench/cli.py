@@ -10,7 +10,23 @@ import typer
 bench_app = typer.Typer(no_args_is_help=True, help="Performance benchmarks (each writes a JSON with goals).")
 
 
-def out_problem(out: Path) -> str | None:
+def _holds_other_data(out: Path) -> bool:
+    """True when ``out`` is a non-empty file that is not a results JSON of ``pnnkit bench`` (a config, weights, a
+    run's results): that is never overwritten."""
+    import json
+
+    if out.stat().st_size == 0:
+        return False
+    try:
+        with open(out, "rb") as f:
+            head = f.read(1 << 20)
+        prev = json.loads(head.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return True
+    return not (isinstance(prev, dict) and "benchmark" in prev and "goals" in prev)
+
+
+def out_problem(out: Path, results: bool = True) -> str | None:
     """Why the results JSON could not be written to ``out`` (None when it can): checked before a benchmark runs,
     so that a bad path costs nothing. Writability is probed (open for append / a temporary file that is removed
     at once) rather than read from the permission bits, which root ignores and read-only mounts do not show."""
@@ -24,6 +40,9 @@ def out_problem(out: Path) -> str | None:
         try:
             with open(out, "a"):  # appends nothing: the file is left as it is
                 pass
+            if results and _holds_other_data(out):
+                return (f"{out} exists and is not a pnnkit bench result; it is never overwritten: choose a new "
+                        "file (or remove it first)")
         except OSError as e:
             return f"{out} exists and cannot be written ({e.strerror or type(e).__name__})"
         return None
@@ -105,7 +124,7 @@ def queries(out: Out = None, quick: Quick = False) -> None:
             raise typer.BadParameter(f"{out}: the plot is written to <out>.png, which would be the results file "
                                      "itself; give a .json path", param_hint="'--out'")
         problem = (f"the plot goes beside the results, to {plot}, which is a directory; choose another --out"
-                   if plot.is_dir() else out_problem(plot))
+                   if plot.is_dir() else out_problem(plot, results=False))
         if problem:
             raise typer.BadParameter(problem, param_hint="'--out'")
     res = m.run(quick=quick, out=out)

@@ -46,6 +46,7 @@ from torch.nn import functional as F
 from ..labs import make_lab
 from ..layers import ElementwiseRescale, PhysicalLayer, Slice, project_parameters, set_mode, using_mode
 from ..measurements import acquire
+from ..system import clamp_to_range
 from ..twins import fit_twin
 from .common import goal, machine_info, result
 
@@ -106,7 +107,7 @@ def batched_logits(lab, model: nn.Module, cands: np.ndarray, x: Tensor) -> Tenso
     h = layer.constrain_input(h).reshape(k * b, N_OSC)
     theta = {}
     for p in lab.spec.params:
-        v = parts[f"1.theta.{p.name}"].clamp(p.low, p.high)
+        v = clamp_to_range(parts[f"1.theta.{p.name}"], p.low, p.high)
         theta[p.name] = v[:, None].expand(k, b, *p.shape).reshape(k * b, *p.shape)
     y = lab(h, theta).reshape(k, b, N_OSC)[..., :N_CLASSES]
     return y * parts["3.scale"][:, None, :] + parts["3.bias"][:, None, :]

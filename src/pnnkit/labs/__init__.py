@@ -6,9 +6,7 @@ itself with :func:`register_lab`.
 
 from __future__ import annotations
 
-import difflib
 import importlib
-import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..options import check_options
+from ..options import check_options, option_names, refuse_unknown
 from ..system import PhysicalSystem
 
 
@@ -80,28 +78,12 @@ def make_lab(name: str, **options: Any) -> PhysicalSystem:
     if name not in _LABS:
         raise ConfigError(f"unknown lab {name!r}; available: {', '.join(lab_names())}")
     factory = _LABS[name]
-    accepted = _option_names(_OPTIONS_OF.get(name, factory))
+    accepted = option_names(_OPTIONS_OF.get(name, factory))
     if accepted is not None and _OPTIONS_OF.get(name, factory) is not factory:
         accepted |= {"imperfections", "imperfection_scale"}
-    unknown = sorted(set(options) - accepted) if accepted is not None else []
-    if unknown:
-        hint = difflib.get_close_matches(unknown[0], sorted(accepted or ()), n=1)
-        raise ConfigError(f"lab {name!r} has no option {unknown[0]!r}"
-                          + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                          + f"; its options: {', '.join(sorted(accepted or ()))}")
+    refuse_unknown(f"lab {name!r}", options, accepted)
     options = check_options(f"lab {name!r}", _OPTIONS_OF.get(name, factory), options)
     try:
         return factory(**options)
     except TypeError as e:
         raise ConfigError(f"lab {name!r}: {e}") from e
-
-
-def _option_names(factory: Callable[..., Any]) -> set[str] | None:
-    """Keyword options ``factory`` accepts (None if it takes ``**kwargs`` or has no readable signature)."""
-    try:
-        params = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}

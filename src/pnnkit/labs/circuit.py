@@ -39,7 +39,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, ClassVar
 
@@ -349,12 +349,31 @@ def simulate_ngspice(
             raise DeviceError(f"ngspice returned {table.shape[0]} time points, expected {n_samples + 1}")
         return table[1 : n_samples + 1, 1:].T
 
-    if workers == 1 or len(chunks) == 1:
-        outs = [one(c) for c in chunks]
-    else:
-        with ThreadPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
-            outs = list(pool.map(one, chunks))
-    return np.concatenate(outs, axis=0)
+    outs: list[np.ndarray | None] = [None] * len(chunks)
+    try:
+        if workers == 1 or len(chunks) == 1:
+            for i, c in enumerate(chunks):
+                outs[i] = one(c)
+        else:
+            with ThreadPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
+                futures = [pool.submit(one, c) for c in chunks]
+                try:
+                    for i, f in enumerate(futures):
+                        outs[i] = f.result()
+                except BaseException:
+                    for f in futures:  # the runs not started are dropped; the running ones finish
+                        f.cancel()
+                    wait(futures)
+                    for i, f in enumerate(futures):
+                        if outs[i] is None and f.done() and not f.cancelled() and f.exception() is None:
+                            outs[i] = f.result()
+                    raise
+    except BaseException as e:  # what finished goes with the error (NaN rows for the rest): it gets logged
+        if any(o is not None for o in outs):
+            e.partial_reading = np.concatenate(  # type: ignore[attr-defined]
+                [o if o is not None else np.full((len(c), n_samples), np.nan) for o, c in zip(outs, chunks)])
+        raise
+    return np.concatenate(outs, axis=0)  # type: ignore[arg-type]
 
 
 def ngspice_operating_point(
@@ -958,13 +977,24 @@ class CircuitLab(VirtualLab):
             t = {k: torch.tensor(self.unit_card[k], dtype=dt) for k in _DC_KEYS}
             v = simulate_ode(lv, c, t, self.timing)
         else:
-            v = torch.from_numpy(
-                simulate_ngspice(
-                    lv.detach().numpy(), self.components, self.unit_card, self.timing, workers=self.workers,
-                    circuits_per_run=self.circuits_per_run, tmax=self.spice_tmax, reltol=self.spice_reltol,
-                    ngspice=self.ngspice,
+            try:
+                v = torch.from_numpy(
+                    simulate_ngspice(
+                        lv.detach().numpy(), self.components, self.unit_card, self.timing, workers=self.workers,
+                        circuits_per_run=self.circuits_per_run, tmax=self.spice_tmax, reltol=self.spice_reltol,
+                        ngspice=self.ngspice,
+                    )
                 )
-            )
+            except BaseException as e:  # the runs that finished, read out like the rest (NaN rows stay NaN)
+                part = getattr(e, "partial_reading", None)
+                if part is not None:
+                    e.partial_reading = self._read_out(torch.from_numpy(part), dt).numpy()  # type: ignore[attr-defined]
+                raise
+        return self._read_out(v, dt)
+
+    def _read_out(self, v: Tensor, dt: torch.dtype) -> Tensor:
+        """Collector voltages (B, samples) → recorded bins: sampling noise, the ADC, the bin averages."""
+        imp = self.imperfections
         if self.sample_noise:
             v = v + self.sample_noise * torch.randn(v.shape, generator=self._noise, dtype=dt)
         v = _ste_quantize(v, imp.adc_bits, imp.adc_range)

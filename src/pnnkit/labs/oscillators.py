@@ -10,6 +10,8 @@ constant drives ``e``. Output: the angles ``q(T)``. Integrated with torchdiffeq 
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -113,6 +115,13 @@ class CoupledOscillatorLab(VirtualLab):
     ) -> None:
         if n < 2:
             raise ConfigError("oscillator lab needs n ≥ 2")
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+            raise ConfigError(f"oscillator lab: steps must be an integer ≥ 1 (RK4 steps over the duration), got "
+                              f"{steps!r}")
+        for name, value in (("duration", duration), ("input_max", input_max), ("coupling_max", coupling_max),
+                            ("drive_max", drive_max)):
+            if isinstance(value, bool) or not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"oscillator lab: {name} must be a finite number > 0, got {value!r}")
         self.n, self.duration, self.steps = int(n), float(duration), int(steps)
         self.unit, self.ideal = int(unit), bool(ideal)
         self.imperfections = OscillatorImperfections(0, 0, 0, 0) if ideal else (imperfections or OscillatorImperfections())

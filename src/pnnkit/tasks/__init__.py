@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..config import SEED_LIMIT
 from ..errors import ConfigError, DataError
-from ..options import check_options
+from ..options import check_options, option_names, refuse_unknown
 
 
 @dataclass
@@ -123,10 +123,11 @@ def task_names() -> list[str]:
 
 
 def load_task(name: str, **options: Any) -> ClassificationTask:
-    if name not in _TASKS and name in _TASK_MODULES:
+    if isinstance(name, str) and name not in _TASKS and name in _TASK_MODULES:
         importlib.import_module(_TASK_MODULES[name])
-    if name not in _TASKS:
+    if not isinstance(name, str) or name not in _TASKS:
         raise ConfigError(f"unknown task {name!r}; available: {', '.join(task_names())}")
+    refuse_unknown(f"task {name!r}", options, option_names(_TASKS[name]))
     options = check_options(f"task {name!r}", _TASKS[name], options)
     seed = options.get("seed", 0)
     if isinstance(seed, int) and not 0 <= seed < SEED_LIMIT:

@@ -18,6 +18,7 @@ Features are pixel / 255 in [0, 1] (float32, row-major d×d), labels int64 0–9
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,7 @@ def read_idx(path: str | Path, expect_magic: int | None = None) -> np.ndarray:
         opener = gzip.open if head == b"\x1f\x8b" else open
         with opener(path, "rb") as f:  # type: ignore[operator]
             raw = f.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: a damaged deflate stream
         raise DataError(f"cannot read IDX file {path}: {e}") from e
     if len(raw) < 4:
         raise DataError(f"{path} is too short to be an IDX file ({len(raw)} bytes)")

@@ -89,6 +89,9 @@ def load_vowels(
         test_size: number of test tokens in the stratified split (49 for the paper's 210 / 49).
         seed: seed of the balancing choice and of the split.
     """
+    for option, value in (("talkers", talkers), ("vowels", vowels)):
+        if not (isinstance(value, str) or (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value))):
+            raise ConfigError(f"task 'vowels': {option} must be a name or a list of names, got {value!r}")
     d = _resolve_dir(data_dir)
     names, table = read_vowdata(d / "vowdata.dat")
     groups = _talker_groups(talkers)

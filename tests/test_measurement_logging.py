@@ -1,0 +1,177 @@
+"""Nothing measured is lost: every device call of a run lands in a log, whole, even when it fails or is interrupted."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from helpers import tanh_model, tanh_spec
+from pnnkit import DeviceError, FunctionSystem, MeasurementLog, ParamSpec, SystemSpec
+from pnnkit.config import validate_config
+from pnnkit.experiments import make_twin, run_experiment
+from pnnkit.system import PhysicalSystem
+
+
+def _params(spec, batch=None, value=0.1):
+    return {p.name: torch.full(p.shape if batch is None else (batch, *p.shape), value) for p in spec.params}
+
+
+def _logged_system(tmp_path, fn=tanh_model, **kw):
+    system = FunctionSystem(fn, tanh_spec(), **kw)
+    log = MeasurementLog(tmp_path / "log.h5", system.spec)
+    system.attach_log(log)
+    return system, log
+
+
+def test_a_call_cut_in_half_is_removed_when_the_log_is_reopened(tmp_path):
+    system, log = _logged_system(tmp_path)
+    for k in range(3):
+        system(torch.full((4, 4), 0.1 * k), _params(system.spec, value=0.1 * k))
+    # a process killed inside append(): θ, x and y of a fourth call written, its 'call' rows not
+    log._append(log._params["W"], np.zeros((1, 4, 4), np.float32))
+    log._append(log._params["b"], np.zeros((1, 4), np.float32))
+    log._append(log._x, np.zeros((4, 4), np.float32))
+    log._y.resize(16, axis=0)
+    log.close()
+    log = MeasurementLog(tmp_path / "log.h5", system.spec)
+    assert {k: d.shape[0] for k, d in (("x", log._x), ("y", log._y), ("call", log._call))} == {
+        "x": 12, "y": 12, "call": 12}
+    assert log._params["W"].shape[0] == 3 == log._params["b"].shape[0]
+    system.attach_log(log)
+    x = torch.full((4, 4), 0.5)
+    y = system(x, _params(system.spec, value=0.5))
+    m = log.to_measurements()  # the next call lines up with its own θ again
+    assert len(m) == 16 and torch.equal(m.y[-4:, 0], y.float())
+    assert torch.equal(m.params["b"][-1], torch.full((4,), 0.5))
+
+
+def test_a_call_tail_left_unfilled_is_removed_when_the_log_is_reopened(tmp_path):
+    system, log = _logged_system(tmp_path)
+    for k in range(3):
+        system(torch.full((4, 4), 0.1), _params(system.spec))
+    log._call.resize(16, axis=0)  # killed between the resize of 'call' and its write: zeros after call 2
+    log.close()
+    log = MeasurementLog(tmp_path / "log.h5", system.spec)
+    assert log._call.shape[0] == 12 and list(log._call[-4:]) == [2] * 4
+
+
+def test_ctrl_c_while_a_reading_is_logged_waits_until_the_call_is_written(tmp_path, monkeypatch):
+    system, log = _logged_system(tmp_path)
+    append = MeasurementLog._append
+    seen = []
+
+    def interrupted(d, v):  # Ctrl-C arrives between two of the call's writes
+        if d.name == "/x" and not seen:
+            seen.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+        append(d, v)
+
+    monkeypatch.setattr(MeasurementLog, "_append", staticmethod(interrupted))
+    with pytest.raises(KeyboardInterrupt):
+        system(torch.full((4, 4), 0.1), _params(system.spec))
+    assert seen and log._x.shape[0] == log._y.shape[0] == log._call.shape[0] == 4
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_shared_block_in_a_per_sample_call_is_logged_once_per_sample(tmp_path):
+    spec = SystemSpec("mixed", 2, 2, -1.0, 1.0, (ParamSpec("gain", (), 0.0, 2.0), ParamSpec("offset", (2,), -1.0, 1.0)))
+    system = FunctionSystem(lambda x, p: x * p["gain"].reshape(-1, 1) + p["offset"], spec, batched_params=True)
+    log = MeasurementLog(tmp_path / "log.h5", spec)
+    system.attach_log(log)
+    y1 = system(torch.full((3, 2), 0.5), {"gain": torch.tensor(1.5), "offset": torch.full((3, 2), 0.1)})
+    y2 = system(torch.full((2, 2), 0.5), {"gain": torch.tensor([1.0, 2.0]), "offset": torch.zeros(2)})
+    m = log.to_measurements()
+    assert len(m) == 5 and m.params["gain"].tolist() == [1.5, 1.5, 1.5, 1.0, 2.0]
+    assert torch.allclose(m.y[:, 0], torch.cat([y1, y2]).float())  # y: (samples, repeats, outputs)
+
+
+def test_a_refused_reading_is_kept_in_the_log(tmp_path):
+    system, log = _logged_system(tmp_path, fn=lambda x, p: np.ones((x.shape[0] + 1, 4)), numpy=True)
+    with pytest.raises(DeviceError, match=r"shape \(3, 4\), expected \(2, 4\).*kept in .*log.h5 under /refused/0"):
+        system(torch.zeros(2, 4), _params(system.spec))
+    with h5py.File(tmp_path / "log.h5", "r") as f:
+        g = f["refused/0"]
+        assert g["reading"].shape == (3, 4) and g["x"].shape == (2, 4) and "shape" in g.attrs["why"]
+        assert g["params/W"].shape == (4, 4)
+    assert len(log) == 0  # the refused reading is not mixed into the measurements
+
+
+def test_what_a_failing_device_measured_before_the_failure_is_logged(tmp_path):
+    def half(x, p):
+        e = TimeoutError("instrument stopped answering")
+        e.partial_reading = np.where(np.arange(x.shape[0])[:, None] < 2, 0.5, np.nan) * np.ones((1, 4))
+        raise e
+
+    system, log = _logged_system(tmp_path, fn=half, numpy=True)
+    with pytest.raises(DeviceError, match="stopped answering.*the 2 samples measured before the failure are kept"):
+        system(torch.zeros(5, 4), _params(system.spec))
+    assert len(log) == 5 and len(log.to_measurements()) == 2
+
+
+def test_twin_measurements_are_logged_call_by_call_as_they_are_taken(tmp_path):
+    from pnnkit.config import TwinConfig
+
+    calls = []
+
+    def flaky(x, p):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("the laser tripped")
+        return tanh_model(x, p)
+
+    system = FunctionSystem(flaky, tanh_spec())
+    cfg = TwinConfig(kind="mlp", samples=64, inputs_per_setting=16, repeats=2)
+    with pytest.raises(DeviceError, match="laser tripped"):
+        make_twin(system, cfg, tmp_path)
+    log = MeasurementLog(tmp_path / "device_log.h5", system.spec)
+    assert len(log) == 3 * 16  # the three calls before the failure, the second repeat of setting 2 included
+    assert getattr(system, "_log", None) is None  # detached again
+
+
+def _count_measured_samples(monkeypatch) -> dict[str, int]:
+    counted = {"samples": 0}
+    call = PhysicalSystem.__call__
+
+    def counting(self, x, params, *, grad=False):
+        y = call(self, x, params, grad=grad)
+        counted["samples"] += x.shape[0]
+        return y
+
+    monkeypatch.setattr(PhysicalSystem, "__call__", counting)
+    return counted
+
+
+def _logged_rows(out: Path) -> int:
+    rows = 0
+    for f in out.rglob("*.h5"):
+        with h5py.File(f, "r") as h:
+            if str(h.attrs.get("format", "")).endswith("+log"):
+                rows += h["x"].shape[0]
+    return rows
+
+
+def test_every_sample_measured_by_a_run_with_sweeps_is_in_a_device_log(tmp_path, monkeypatch):
+    counted = _count_measured_samples(monkeypatch)
+    cfg = validate_config({
+        "name": "tiny", "seed": 0, "task": {"name": "digits"},
+        "lab": {"name": "oscillators", "unit": 0, "options": {"n": 64, "steps": 4}},
+        "twin": {"kind": "physics", "samples": 128, "inputs_per_setting": 64, "repeats": 1,
+                 "fit": {"epochs": 1, "lr": 0.02, "batch_size": 128, "patience": 1}},
+        "network": {"depth": 1, "stem": [{"type": "rescale", "scale": 2.0, "bias": -1.0}],
+                    "layer": [{"type": "physical"}, {"type": "rescale"}],
+                    "head": [{"type": "slice", "stop": 10}, {"type": "rescale", "scale": 3.0}]},
+        "training": {"epochs": 1, "batch_size": 512, "lr": 0.01, "monitor_physical": False},
+        "methods": ["pat"], "depth_sweep": [2], "imperfection_sweep": [0.5], "cv_folds": 2,
+    }, "tiny")
+    run_experiment(cfg, tmp_path)
+    assert counted["samples"] > 5000
+    assert _logged_rows(tmp_path) == counted["samples"]
+    for d in ("cv/fold0/pat", "cv/fold1/pat", "depth_sweep/depth2/pat", "imperfection_sweep/scale0.5/pat"):
+        assert (tmp_path / d / "device_log.h5").is_file(), d
+    assert (tmp_path / "imperfection_sweep/scale0.5/twin_measurements.h5").is_file()
