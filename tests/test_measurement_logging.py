@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -156,9 +157,8 @@ def _logged_rows(out: Path) -> int:
     return rows
 
 
-def test_every_sample_measured_by_a_run_with_sweeps_is_in_a_device_log(tmp_path, monkeypatch):
-    counted = _count_measured_samples(monkeypatch)
-    cfg = validate_config({
+def _tiny_sweeps(**training):
+    return validate_config({
         "name": "tiny", "seed": 0, "task": {"name": "digits"},
         "lab": {"name": "oscillators", "unit": 0, "options": {"n": 64, "steps": 4}},
         "twin": {"kind": "physics", "samples": 128, "inputs_per_setting": 64, "repeats": 1,
@@ -166,12 +166,96 @@ def test_every_sample_measured_by_a_run_with_sweeps_is_in_a_device_log(tmp_path,
         "network": {"depth": 1, "stem": [{"type": "rescale", "scale": 2.0, "bias": -1.0}],
                     "layer": [{"type": "physical"}, {"type": "rescale"}],
                     "head": [{"type": "slice", "stop": 10}, {"type": "rescale", "scale": 3.0}]},
-        "training": {"epochs": 1, "batch_size": 512, "lr": 0.01, "monitor_physical": False},
+        "training": {"epochs": 1, "batch_size": 512, "lr": 0.01, "monitor_physical": False, **training},
         "methods": ["pat"], "depth_sweep": [2], "imperfection_sweep": [0.5], "cv_folds": 2,
     }, "tiny")
-    run_experiment(cfg, tmp_path)
+
+
+def test_every_sample_measured_by_a_run_with_sweeps_is_in_a_device_log(tmp_path, monkeypatch):
+    counted = _count_measured_samples(monkeypatch)
+    run_experiment(_tiny_sweeps(), tmp_path)
     assert counted["samples"] > 5000
     assert _logged_rows(tmp_path) == counted["samples"]
     for d in ("cv/fold0/pat", "cv/fold1/pat", "depth_sweep/depth2/pat", "imperfection_sweep/scale0.5/pat"):
         assert (tmp_path / d / "device_log.h5").is_file(), d
     assert (tmp_path / "imperfection_sweep/scale0.5/twin_measurements.h5").is_file()
+
+
+def test_record_measurements_false_keeps_the_methods_calls_out_of_every_log(tmp_path):
+    run_experiment(_tiny_sweeps(record_measurements=False), tmp_path)
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert not list(tmp_path.rglob("pat/device_log*.h5"))
+    with h5py.File(tmp_path / "device_log.h5", "r") as f:  # the twin's measurements only
+        assert f["x"].shape[0] == r["twin"]["measurement_queries"] == 128
+
+
+def test_a_second_call_cut_in_half_after_call_0_is_not_filed_under_call_0(tmp_path):
+    system, log = _logged_system(tmp_path)
+    system(torch.full((4, 4), 0.1), _params(system.spec))
+    log._append(log._params["W"], np.zeros((1, 4, 4), np.float32))  # call 1: θ, x, y written, 'call' resized only
+    log._append(log._params["b"], np.zeros((1, 4), np.float32))
+    log._append(log._x, np.zeros((4, 4), np.float32))
+    log._append(log._y, np.zeros((4, 4), np.float32))
+    log._call.resize(8, axis=0)
+    log.close()
+    log = MeasurementLog(tmp_path / "log.h5", system.spec)
+    assert len(log) == 4 and log._params["W"].shape[0] == 1
+
+
+def test_a_run_into_a_folder_holding_another_systems_log_keeps_it_and_starts_a_new_one(tmp_path):
+    from pnnkit.config import TwinConfig
+
+    other = FunctionSystem(tanh_model, tanh_spec(3, name="other"))
+    MeasurementLog(tmp_path / "device_log.h5", other.spec).close()
+    system = FunctionSystem(tanh_model, tanh_spec())
+    make_twin(system, TwinConfig(kind="mlp", samples=32, inputs_per_setting=16, repeats=1, fit={"epochs": 1}),
+              tmp_path)
+    assert len(MeasurementLog(tmp_path / "device_log.h5", system.spec)) == 32
+    kept = [p for p in tmp_path.glob("device_log*.h5") if p.name != "device_log.h5"]
+    assert len(kept) == 1 and len(MeasurementLog(kept[0], other.spec)) == 0
+
+
+def test_a_log_that_fails_to_open_gives_every_system_its_previous_log_back(tmp_path):
+    from torch import nn
+
+    from pnnkit import PhysicalLayer
+    from pnnkit.training import attach_device_logs
+
+    a, b = FunctionSystem(tanh_model, tanh_spec()), FunctionSystem(tanh_model, tanh_spec(name="b"))
+    outer = MeasurementLog(tmp_path / "outer.h5", a.spec)
+    a.attach_log(outer)
+    model = nn.Sequential(PhysicalLayer(a, tanh_model), PhysicalLayer(b, tanh_model))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "device_log_1.h5").write_text("not hdf5")  # b's log cannot be opened
+    with pytest.raises(Exception, match="device_log_1.h5"):
+        attach_device_logs(model, tmp_path / "d", fresh=False)
+    assert a._log is outer and getattr(b, "_log", None) is None
+    a(torch.zeros(2, 4), _params(a.spec))
+    assert len(outer) == 2
+
+
+def test_a_malformed_partial_reading_does_not_hide_the_devices_error(tmp_path):
+    def ragged(x, p):
+        e = TimeoutError("instrument stopped answering")
+        e.partial_reading = [[1.0], [2.0, 3.0]]
+        raise e
+
+    system, log = _logged_system(tmp_path, fn=ragged, numpy=True)
+    with pytest.raises(DeviceError, match="stopped answering.*partial reading could not be logged"):
+        system(torch.zeros(2, 4), _params(system.spec))
+
+
+def test_a_parameter_dict_module_reaches_the_device_as_a_copy(tmp_path):
+    from torch import nn
+
+    def writes_into_its_input(x, p):
+        y = np.tanh(x)
+        x[:] = 0.0
+        p["W"][:] = 0.0
+        return y
+
+    system = FunctionSystem(writes_into_its_input, tanh_spec(), numpy=True)
+    x = torch.full((2, 4), 0.5)
+    params = nn.ParameterDict({k: nn.Parameter(v) for k, v in _params(system.spec).items()})
+    system(x, params)
+    assert torch.equal(x, torch.full((2, 4), 0.5)) and bool((params["W"] == 0.1).all())

@@ -264,3 +264,11 @@ def test_projection_keeps_stored_parameters_in_range_on_both_sides():
     project_parameters(nn.Sequential(layer))
     assert torch.equal(layer.theta["W"].detach(), torch.tensor([2.0, -2.0, 0.3, -0.3]).repeat(4, 1))
     assert torch.equal(layer.theta["b"].detach(), torch.full((4,), -1.0))
+
+
+def test_a_range_narrower_than_the_precision_is_named():
+    from pnnkit import ConfigError, inner_bounds
+
+    with pytest.raises(ConfigError, match=r"range \[0.1, 0.1000000000010*1\] holds no torch.float32 value"):
+        inner_bounds(0.1, 0.1 + 1e-12, torch.float32)
+    assert inner_bounds(0.1, 0.1 + 1e-12, torch.float64) == (0.1, 0.1 + 1e-12)

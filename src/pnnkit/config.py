@@ -118,7 +118,8 @@ class TrainingConfig(_Strict):
     monitor_every: int = Field(1, ge=1, description="with monitor_physical: measure the test accuracy on the lab "
                                "after every monitor_every-th epoch and the last")
     record_measurements: bool = Field(True, description="log every device call of each method (training, "
-                                      "monitoring, readout refits, final evaluation) to HDF5")
+                                      "monitoring, readout refits, final evaluation) to HDF5; false keeps "
+                                      "none of them")
     init_samples: int = Field(256, ge=2, description="training samples for rescale layers with init: data")
     augment: AugmentConfig | None = Field(None, description="training-batch augmentation (image tasks)")
     overlap: bool = Field(False, description="pat: twin forward pass in a thread while the device measures")

@@ -17,7 +17,7 @@ import torch
 from . import __version__
 from .checkpoint import save_weights
 from .config import DigitalBaselineConfig, ExperimentConfig, LabConfig, TwinConfig, validate_config
-from .errors import ConfigError, PnnkitError
+from .errors import ConfigError, DataError, PnnkitError
 from .labs import make_lab
 from .measurements import MeasurementLog, MeasurementSet, acquire, keep_existing
 from .networks import LinearBlock, NetworkConfig, ParallelBlock, PhysicalBlock, build_network, count_digital_parameters
@@ -45,7 +45,11 @@ def logged(system: PhysicalSystem, path: Path | None) -> Iterator[None]:
     if path is None or getattr(system, "_log", None) is not None:
         yield
         return
-    log = MeasurementLog(path, system.spec)
+    try:
+        log = MeasurementLog(path, system.spec)
+    except DataError:  # a log of another system (or not a log) is there: keep it under another name
+        keep_existing(path)
+        log = MeasurementLog(path, system.spec)
     system.push_log(log)
     try:
         yield
@@ -398,7 +402,7 @@ def imperfection_sweep(cfg: ExperimentConfig, task: ClassificationTask, scales: 
         c = cfg.model_copy(deep=True)
         c.lab.imperfection_scale = s
         system = build_lab(c.lab)
-        d = None if out is None else out / f"scale{s:g}"
+        d = None if out is None else out / f"scale{s:.12g}"
         with logged(system, None if d is None else d / "device_log.h5"):
             tw = make_twin(system, c.twin, d) if any(m in ("pat", "in_silico") for m in c.methods) else None
             row: dict[str, Any] = {"scale": s}

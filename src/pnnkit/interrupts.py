@@ -28,7 +28,11 @@ def defer_interrupts() -> Iterator[None]:
         yield
         return
     pending: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    except ValueError:  # e.g. the main thread of a sub-interpreter: no handlers can be set here
+        yield
+        return
     try:
         yield
     finally:

@@ -266,11 +266,13 @@ class MeasurementLog:
             f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
             f.create_dataset("x", (0, spec.input_dim), maxshape=(None, spec.input_dim), dtype="f4", chunks=True)
             f.create_dataset("y", (0, spec.output_dim), maxshape=(None, spec.output_dim), dtype="f4", chunks=True)
-            f.create_dataset("call", (0,), maxshape=(None,), dtype="i8", chunks=True)
+            # -1: a row resized but never written (a process killed mid-append) is told from call 0
+            f.create_dataset("call", (0,), maxshape=(None,), dtype="i8", chunks=True, fillvalue=-1)
             g = f.create_group("params")
             for p in spec.params:
                 g.create_dataset(p.name, (0, *p.shape), maxshape=(None, *p.shape), dtype="f4", chunks=True)
         elif SystemSpec.from_dict(json.loads(f.attrs["spec"])) != spec:
+            f.close()
             raise DataError(f"measurement log {self.path} belongs to another system; choose a new file")
         # dataset handles looked up once: h5py's name lookup costs as much as a small measurement per call
         self._x, self._y, self._call = f["x"], f["y"], f["call"]
@@ -285,8 +287,11 @@ class MeasurementLog:
         """
         calls = self._call[...]
         n = len(calls)
-        if n > 1:
-            back = np.flatnonzero(np.diff(calls) < 0)
+        unwritten = np.flatnonzero(calls < 0)  # the fill value of a row resized but never written
+        if len(unwritten):
+            n = int(unwritten[0])
+        if n > 1:  # logs written before the fill value was -1: an unwritten tail of zeros goes backwards
+            back = np.flatnonzero(np.diff(calls[:n]) < 0)
             if len(back):
                 n = int(back[0]) + 1
         n = min(n, self._x.shape[0], self._y.shape[0])

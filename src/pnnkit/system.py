@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from abc import ABC, abstractmethod
@@ -36,9 +37,12 @@ def inner_bounds(low: float, high: float, dtype: torch.dtype) -> tuple[float, fl
             t = torch.nextafter(t, torch.tensor(toward, dtype=dtype))
         return float(t)
 
-    if not dtype.is_floating_point:
-        return float(math.ceil(low)), float(math.floor(high))
-    return inward(low, math.inf), inward(high, -math.inf)
+    lo, hi = ((float(math.ceil(low)), float(math.floor(high))) if not dtype.is_floating_point
+              else (inward(low, math.inf), inward(high, -math.inf)))
+    if lo > hi:
+        raise ConfigError(f"the range [{low}, {high}] holds no {dtype} value: it is narrower than that precision "
+                          "resolves; use float64 or a wider range")
+    return lo, hi
 
 
 def clamp_to_range(t: Tensor, low: float, high: float) -> Tensor:
@@ -200,7 +204,7 @@ class PhysicalSystem(ABC):
         with NaN rows for the samples it could not measure — and the call logs those readings before the error
         goes on, so nothing measured is lost.
         """
-        if not grad and isinstance(x, Tensor) and isinstance(params, Mapping):
+        if not grad and isinstance(x, Tensor) and hasattr(params, "items"):  # a Mapping, or nn.ParameterDict
             # the device gets detached CPU copies, made before the check: what was checked is what is sent, and a
             # driver that writes into its input cannot change the network's tensors or the log
             home = x.device
@@ -220,14 +224,21 @@ class PhysicalSystem(ABC):
         except BaseException as e:
             kept = self._keep_partial(x, params, e)
             if isinstance(e, PnnkitError) and kept:
-                raise type(e)(f"{e}{kept}") from e
+                try:  # the same error, its message saying where the partial reading went
+                    again = type(e)(f"{e}{kept}")
+                    again.__dict__.update(e.__dict__)
+                except Exception:
+                    e.add_note(kept.strip())
+                    raise e from None
+                raise again from e
             if isinstance(e, PnnkitError) or not isinstance(e, Exception):  # our own errors, Ctrl-C: as they are
                 raise
             # the device's own failure (driver, timeout, simulator): named, with its cause
             raise DeviceError(f"{self.spec.name}: measure() failed on call {self.calls + 1} (batch of {batch}): "
                               f"{type(e).__name__}: {e}{kept}") from e
         log = getattr(self, "_log", None)
-        with defer_interrupts():  # from the reading's return to its last logged row, Ctrl-C waits
+        # from the reading's return to its last logged row, Ctrl-C waits
+        with defer_interrupts() if log is not None else contextlib.nullcontext():
             y = self._checked_reading(y, x, params, batch)
             self._calls = self.calls + 1
             self._queries = self.queries + batch
@@ -275,11 +286,14 @@ class PhysicalSystem(ABC):
         log = getattr(self, "_log", None)
         if part is None or log is None:
             return ""
-        y = torch.as_tensor(np.ma.filled(np.ma.asarray(part, dtype=np.float64), np.nan))
-        if tuple(y.shape) != (x.shape[0], self.spec.output_dim):
-            return ""
-        with defer_interrupts():
-            log.append(x, params, y)
+        try:  # never in the way of the device's own error
+            y = torch.as_tensor(np.ma.filled(np.ma.asarray(part, dtype=np.float64), np.nan))
+            if tuple(y.shape) != (x.shape[0], self.spec.output_dim):
+                return ""
+            with defer_interrupts():
+                log.append(x, params, y)
+        except Exception as e:
+            return f" (its partial reading could not be logged: {type(e).__name__}: {e})"
         done = int(torch.isfinite(y).all(dim=1).sum())
         return (f" (the {done} samples measured before the failure are kept in "
                 f"{getattr(log, 'path', 'the attached log')})")

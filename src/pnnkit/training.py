@@ -291,13 +291,18 @@ def attach_device_logs(model: nn.Module, directory: Path, fresh: bool, name: str
     :func:`detach_device_logs`. ``fresh``: a new run, so an existing file is first kept under another name."""
     from .measurements import MeasurementLog, keep_existing
 
-    logs = []
-    for k, s in enumerate(_systems(model)):
-        path = directory / f"{name}{'' if k == 0 else f'_{k}'}.h5"
-        if fresh:
-            keep_existing(path)
-        logs.append(MeasurementLog(path, s.spec))
-        s.push_log(logs[-1])
+    logs: list[Any] = []
+    systems = _systems(model)
+    try:
+        for k, s in enumerate(systems):
+            path = directory / f"{name}{'' if k == 0 else f'_{k}'}.h5"
+            if fresh:
+                keep_existing(path)
+            logs.append(MeasurementLog(path, s.spec))
+            s.push_log(logs[-1])
+    except BaseException:  # the logs opened so far go back: each system keeps the log it had before
+        detach_device_logs(model, logs)
+        raise
     return logs
 
 
@@ -305,7 +310,8 @@ def detach_device_logs(model: nn.Module, logs: list[Any]) -> None:
     """Close the logs of :func:`attach_device_logs`; each system goes back to the log it had before (if any)."""
     for s, lg in zip(_systems(model), logs):
         s.pop_log()
-        lg.close()
+        if lg is not None:
+            lg.close()
 
 
 def _check_settings(cfg: TrainConfig) -> None:
@@ -487,8 +493,9 @@ class Trainer:
                        leave=False)
         end = cfg.epochs if stop_after is None else min(cfg.epochs, self.epoch + stop_after)
         recorder: _FeatureRecorder | None = None
-        logs = self._attach_device_logs(fresh=self.epoch == 0)
+        logs: list[Any] = []
         try:
+            logs = self._attach_device_logs(fresh=self.epoch == 0)
             if self.epoch < end:  # data-dependent init of rescales not yet initialised (a no-op for most networks)
                 q0 = _queries(model)
                 g = torch.Generator().manual_seed(cfg.seed * 100_003 + 99_991)
@@ -587,8 +594,13 @@ class Trainer:
     def _attach_device_logs(self, fresh: bool) -> list[Any]:
         """With an ``out_dir`` and ``record_measurements``: every device call of the method (training, monitoring,
         readout refits, the final evaluation; any mode) goes to ``device_log[_k].h5`` (:func:`attach_device_logs`)."""
-        if not (self.out_dir and self.cfg.record_measurements):
+        if not self.out_dir:
             return []
+        if not self.cfg.record_measurements:  # the user's opt-out: not into a log attached outside either
+            systems = _systems(self.model)
+            for s in systems:
+                s.push_log(None)
+            return [None] * len(systems)
         return attach_device_logs(self.model, self.out_dir, fresh)
 
     def _refit(self, writer: Any, tag: str) -> dict[str, Any]:
