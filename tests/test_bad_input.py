@@ -328,3 +328,16 @@ def test_a_network_whose_output_does_not_match_the_classes_is_named_before_a_ste
         pk.Trainer(model, task, "physical", pk.TrainConfig(epochs=1, batch_size=4, progress=False,
                                                            monitor_physical=False)).fit()
     assert torch.equal(model.weight, before)
+
+
+def test_a_checkpoint_json_from_another_save_is_named(tmp_path):
+    from pnnkit.checkpoint import load_checkpoint, save_checkpoint
+
+    save_checkpoint({"model": {"w": torch.zeros(2)}}, tmp_path / "checkpoint.safetensors")
+    save_checkpoint({"model": {"v": torch.zeros(2), "u": torch.ones(1)}}, tmp_path / "other.safetensors")
+    (tmp_path / "checkpoint.json").write_text((tmp_path / "other.json").read_text())  # the .json of another save
+    with pytest.raises(pk.DataError) as e:
+        load_checkpoint(tmp_path / "checkpoint.safetensors")
+    msg = str(e.value)
+    assert "checkpoint.json does not match checkpoint.safetensors (KeyError:" in msg and "different saves" in msg
+    assert "\n" not in msg

@@ -93,7 +93,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return _join(tree, tensors)
     except (KeyError, TypeError, ValueError) as e:  # a .json from another save than the .safetensors beside it
-        raise DataError(f"checkpoint {path}: {j.name} does not match {w.name} (tensor {e} missing or malformed); "
+        raise DataError(f"checkpoint {path}: {j.name} does not match {w.name} ({type(e).__name__}: {e}); "
                         "the pair comes from different saves") from None
 
 
