@@ -246,6 +246,6 @@ def test_the_largest_units_and_seeds_build_every_lab_and_train():
     task = ClassificationTask("t", torch.rand(8, 4, generator=g), torch.arange(8) % 2, torch.rand(4, 4, generator=g),
                               torch.arange(4) % 2, ["a", "b"])
     model = nn.Sequential(ElementwiseRescale(4, init="data"), nn.Linear(4, 2))
-    res = Trainer(model, task, "physical", TrainConfig(epochs=1, batch_size=4, seed=top, progress=False,
-                                                       monitor_physical=False)).fit()
-    assert 0.0 <= res.test_accuracy <= 1.0 and bool(model[0].initialised)
+    Trainer(model, task, "physical", TrainConfig(epochs=1, batch_size=4, seed=top, progress=False,
+                                                   monitor_physical=False)).fit()
+    assert bool(model[0].initialised)  # the data init ran and fit() finished with the largest seed

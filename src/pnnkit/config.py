@@ -265,7 +265,7 @@ def _got(err: Any) -> str:
     if not err["type"].endswith("_parsing") or not isinstance(value, str):  # e.g. int_parsing, float_parsing
         return ""
     text = f" ({value!r})" if ", got " in err["msg"] else f", got {value!r}"
-    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+    if _FLOAT.fullmatch(value.strip()):
         number = float(value)
         plain = str(int(number)) if number.is_integer() else repr(number)
         text += f" (YAML reads {value} as text: write {plain})"
