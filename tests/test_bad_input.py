@@ -272,6 +272,9 @@ def test_an_integer_written_with_an_exponent_names_the_value():
     with pytest.raises(pk.ConfigError, match=r"twin.samples: Input should be a valid integer.*got '2e4' \(YAML reads "
                                              r"2e4 as text: write 20000\)"):
         validate_config({"twin": {"samples": "2e4"}})
+    # an integer key given a fraction gets no spelling to copy (pydantic parses '5e-2' for a float key itself)
+    with pytest.raises(pk.ConfigError, match=r"twin.samples: Input should be a valid integer.*got '2.5e-1'$"):
+        validate_config({"twin": {"samples": "2.5e-1"}})
 
 
 @pytest.mark.parametrize("section, value", [({"training": {"lr": math.inf}}, "training.lr"),

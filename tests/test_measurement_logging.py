@@ -62,7 +62,16 @@ def test_a_call_tail_left_unfilled_is_removed_when_the_log_is_reopened(tmp_path)
     assert log._call.shape[0] == 12 and list(log._call[-4:]) == [2] * 4
 
 
-def test_ctrl_c_while_a_reading_is_logged_waits_until_the_call_is_written(tmp_path, monkeypatch):
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own Ctrl-C handler for the test: a process started in the background by a non-interactive shell
+    (as CI may do) inherits SIGINT ignored, and Python then leaves it ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_while_a_reading_is_logged_waits_until_the_call_is_written(tmp_path, monkeypatch, python_ctrl_c):
     system, log = _logged_system(tmp_path)
     append = MeasurementLog._append
     seen = []

@@ -267,6 +267,8 @@ def _got(err: Any) -> str:
     text = f" ({value!r})" if ", got " in err["msg"] else f", got {value!r}"
     if _FLOAT.fullmatch(value.strip()):
         number = float(value)
+        if err["type"].startswith("int") and not number.is_integer():
+            return text  # no plain spelling to suggest: the message already says an integer is needed
         plain = str(int(number)) if number.is_integer() else repr(number)
         text += f" (YAML reads {value} as text: write {plain})"
     return text
