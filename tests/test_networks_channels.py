@@ -182,3 +182,30 @@ def test_parallel_layer_names_a_wrong_input_width(batched: bool):
         set_mode(par, "physical")
         with pytest.raises(ShapeError, match=rf"parallel layer: expected input \(batch, {width}\), got \(2, 5\)"):
             par(torch.rand(2, 5))
+
+
+@pytest.mark.parametrize("name, block", [("mnist_mechanical", ("layer", 0)), ("mnist_hybrid_shg", ("layer", 1))])
+def test_example_configs_batched_channels_equal_separate_calls_on_the_noiseless_lab(name, block):
+    """The MNIST mechanical and hybrid configs send their channels in one call (round 15, for speed): on the lab
+    without noise or defects that is the same network, outputs and gradients, as one call per channel."""
+    from pathlib import Path
+
+    import yaml
+
+    d = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / f"{name}.yaml").read_text())
+    assert d["network"][block[0]][block[1]]["batched"] is True
+    lab = make_lab(d["lab"]["name"], ideal=True, **d["lab"]["options"])
+    twin = lab.ideal_twin().requires_grad_(False)
+    x = torch.rand(3, 196, generator=torch.Generator().manual_seed(0))
+    res = []
+    for batched in (False, True):
+        d["network"][block[0]][block[1]]["batched"] = batched
+        net = build_network(validate_config(d, name).network, 196, 10, lab, twin, seed=3)
+        set_mode(net, "pat")
+        xg = x.clone().requires_grad_(True)
+        y = net(xg)
+        y.square().sum().backward()
+        res.append([y.detach(), xg.grad] + [p.grad for p in net.parameters() if p.grad is not None])
+    assert len(res[0]) == len(res[1]) > 4
+    for a, b in zip(*res):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
