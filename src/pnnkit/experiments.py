@@ -373,11 +373,11 @@ def cross_validate(cfg: ExperimentConfig, task: ClassificationTask, system: Phys
     ``out``, fold k's trainings keep their logs in ``out/fold<k>``."""
     folds = [_accuracies(cfg, fold, system, twin, out=None if out is None else out / f"fold{k}")
              for k, fold in enumerate(task.cv_folds(cfg.cv_folds, seed=cfg.seed))]
-    out: dict[str, Any] = {"folds": cfg.cv_folds, "per_fold": folds}
+    summary: dict[str, Any] = {"folds": cfg.cv_folds, "per_fold": folds}
     for key in folds[0]:
         v = torch.tensor([f[key] for f in folds], dtype=torch.float64)
-        out[key] = {"mean": float(v.mean()), "std": float(v.std(unbiased=False))}
-    return out
+        summary[key] = {"mean": float(v.mean()), "std": float(v.std(unbiased=False))}
+    return summary
 
 
 def depth_sweep(cfg: ExperimentConfig, task: ClassificationTask, system: PhysicalSystem,
