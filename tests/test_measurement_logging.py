@@ -89,6 +89,83 @@ def test_ctrl_c_while_a_reading_is_logged_waits_until_the_call_is_written(tmp_pa
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_ctrl_c_just_after_the_reading_returns_still_logs_the_call(tmp_path, monkeypatch, python_ctrl_c):
+    returned = []
+
+    def device(x, p):
+        returned.append(True)
+        return tanh_model(x, p)
+
+    system, log = _logged_system(tmp_path, fn=device)
+    no_grad = torch.no_grad
+
+    class CtrlCOnExit(no_grad):  # Ctrl-C arrives as the reading's `with torch.no_grad()` block is left
+        def __exit__(self, *exc):
+            out = super().__exit__(*exc)
+            if returned and len(returned) == 1:
+                returned.append(True)
+                os.kill(os.getpid(), signal.SIGINT)
+            return out
+
+    monkeypatch.setattr(torch, "no_grad", CtrlCOnExit)
+    with pytest.raises(KeyboardInterrupt):
+        system(torch.full((4, 4), 0.1), _params(system.spec))
+    assert len(returned) == 2 and len(log) == 4 and system.calls == 1
+    assert torch.equal(log.to_measurements().y[:, 0], tanh_model(torch.full((4, 4), 0.1), _params(system.spec)))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_during_a_measurement_stops_it_at_once(tmp_path, python_ctrl_c):
+    reached = []
+
+    def device(x, p):
+        os.kill(os.getpid(), signal.SIGINT)
+        reached.append(True)  # not reached: the interrupt is raised inside the device call
+        return tanh_model(x, p)
+
+    system, log = _logged_system(tmp_path, fn=device)
+    with pytest.raises(KeyboardInterrupt):
+        system(torch.full((4, 4), 0.1), _params(system.spec))
+    assert not reached and len(log) == 0 and system.calls == 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_readings_finer_than_float32_are_logged_exactly(tmp_path):
+    fine = np.full((3, 4), 0.1, dtype=np.float64)  # 0.1 is not a float32 value
+    readings = iter([np.full((3, 4), 0.5), fine])  # the first call's values are float32 values
+    system, log = _logged_system(tmp_path, fn=lambda x, p: next(readings), numpy=True)
+    system(torch.zeros(3, 4), _params(system.spec))
+    assert log._y.dtype == np.float32  # nothing finer yet: the log stays compact
+    y = system(torch.zeros(3, 4), _params(system.spec))
+    assert y.dtype == torch.float32  # the network gets its own precision; the log keeps the measured one
+    log.close()
+    with h5py.File(tmp_path / "log.h5", "r") as f:
+        assert f["y"].dtype == np.float64 and f["x"].dtype == np.float32
+        assert np.array_equal(f["y"][:3], np.full((3, 4), 0.5)) and np.array_equal(f["y"][3:], fine)
+        assert ".f8" not in "".join(f.keys())
+
+
+def test_integer_adc_codes_are_logged_exactly(tmp_path):
+    codes = np.full((2, 4), 2**24 + 1, dtype=np.int64)  # float32 would round it to 2**24
+    system, log = _logged_system(tmp_path, fn=lambda x, p: codes, numpy=True)
+    system(torch.zeros(2, 4), _params(system.spec))
+    assert np.array_equal(log._y[...], codes.astype(np.float64))
+
+
+@pytest.mark.parametrize("killed_after", ["copy", "delete"])
+def test_a_widening_cut_short_leaves_one_whole_version(tmp_path, killed_after):
+    system, log = _logged_system(tmp_path)
+    y = system(torch.full((4, 4), 0.1), _params(system.spec))
+    f = log._f  # what _widen does, up to the point where the process is killed
+    f.create_dataset("y.f8", data=f["y"][...].astype(np.float64), maxshape=(None, 4), chunks=True)
+    if killed_after == "delete":
+        del f["y"]
+    log.close()
+    log = MeasurementLog(tmp_path / "log.h5", system.spec)
+    assert "y.f8" not in log._f and len(log) == 4
+    assert torch.equal(log.to_measurements().y[:, 0].float(), y)
+
+
 def test_a_shared_block_in_a_per_sample_call_is_logged_once_per_sample(tmp_path):
     spec = SystemSpec("mixed", 2, 2, -1.0, 1.0, (ParamSpec("gain", (), 0.0, 2.0), ParamSpec("offset", (2,), -1.0, 1.0)))
     system = FunctionSystem(lambda x, p: x * p["gain"].reshape(-1, 1) + p["offset"], spec, batched_params=True)

@@ -21,6 +21,7 @@ from .spec import SystemSpec
 from .system import PhysicalSystem, clamp_to_range
 
 FORMAT = "pnnkit.measurements/1"
+_WIDE = ".f8"  # suffix of a dataset being rewritten as float64 (MeasurementLog._widen)
 
 
 @dataclass
@@ -246,6 +247,8 @@ class MeasurementLog:
     Attach with ``system.attach_log(MeasurementLog(path, system.spec))``; each call is flushed to disk before the measurement is
     returned, so an interrupted run keeps everything it measured. Layout: ``x`` (N, in), ``y`` (N, out),
     ``call`` (N,) index into ``params/<name>`` (n_calls, *shape) — a shared θ is stored once per call.
+    Values are stored exactly: as float32 while float32 holds them, and a dataset is rewritten as float64 the first
+    time a value arrives that float32 would round (a float64 instrument or simulator, integer ADC codes above 2²⁴).
     """
 
     def __init__(self, path: str | Path, spec: SystemSpec) -> None:
@@ -275,9 +278,56 @@ class MeasurementLog:
             f.close()
             raise DataError(f"measurement log {self.path} belongs to another system; choose a new file")
         # dataset handles looked up once: h5py's name lookup costs as much as a small measurement per call
+        self._finish_widening()
         self._x, self._y, self._call = f["x"], f["y"], f["call"]
         self._params = {p.name: f["params"][p.name] for p in spec.params}
         self._repair()
+
+    def _finish_widening(self) -> None:
+        """Complete a :meth:`_widen` cut short: its float64 copy is whole once the old dataset is gone."""
+        f = self._f
+        for name in ("x", "y", *(f"params/{p.name}" for p in self.spec.params)):
+            tmp = name + _WIDE
+            if tmp in f:
+                if name in f:  # the copy may be unfinished; the original is intact
+                    del f[tmp]
+                else:
+                    f.move(tmp, name)
+
+    def _widen(self, d: h5py.Dataset) -> h5py.Dataset:
+        """Rewrite a float32 dataset as float64, so that a reading finer than float32 is stored exactly. Copy
+        first, then swap: a process killed in between leaves one whole version (:meth:`_finish_widening`)."""
+        f, name = self._f, d.name.lstrip("/")
+        wide = f.create_dataset(name + _WIDE, d.shape, maxshape=d.maxshape, dtype="f8", chunks=True)
+        for start in range(0, d.shape[0], 1 << 16):
+            wide[start : start + (1 << 16)] = d[start : start + (1 << 16)]
+        f.flush()
+        del f[name]
+        f.move(name + _WIDE, name)
+        f.flush()
+        return f[name]
+
+    def _dataset(self, key: tuple[str, str]) -> h5py.Dataset:
+        return self._params[key[1]] if key[0] == "params" else self._x if key[0] == "x" else self._y
+
+    def _set_dataset(self, key: tuple[str, str], d: h5py.Dataset) -> None:
+        if key[0] == "params":
+            self._params[key[1]] = d
+        elif key[0] == "x":
+            self._x = d
+        else:
+            self._y = d
+
+    def _stored(self, d: h5py.Dataset, v: np.ndarray) -> tuple[h5py.Dataset, np.ndarray]:
+        """``v`` as the dataset stores it: float32 when that is exact, else the dataset widened to float64."""
+        if d.dtype == np.float64 or v.dtype == np.float32:
+            return d, v
+        narrow = v.astype(np.float32)
+        if v.dtype.itemsize <= 4 and v.dtype.kind == "f":  # float16: float32 holds it exactly
+            return d, narrow
+        if np.array_equal(narrow.astype(v.dtype), v, equal_nan=True):
+            return d, narrow
+        return self._widen(d), v
 
     def _repair(self) -> None:
         """Cut a call that was not written whole (the process killed inside :meth:`append`).
@@ -311,25 +361,31 @@ class MeasurementLog:
 
     def append(self, x: Tensor, params: Mapping[str, Tensor], y: Tensor) -> None:
         """Write one call: its θ rows, then ``x`` and ``y``, then the ``call`` rows that commit it. Every array is
-        built before the first write, so a conversion error leaves the file as it was."""
+        built, and any dataset widened to float64, before the call's first row is written, so a conversion error
+        leaves the file's rows as they were."""
         dsets = self._params
         call = dsets[self.spec.params[0].name].shape[0] if self.spec.params else int(self._call.shape[0])
         b = x.shape[0]
         batched = any(v.dim() > len(self.spec.param(k).shape) for k, v in params.items())
-        rows: list[tuple[h5py.Dataset, np.ndarray]] = []
+        rows: list[tuple[tuple[str, str], np.ndarray]] = []
         for k, v in params.items():
-            v = v.detach().cpu().float()
+            v = _real(v)
             shape = self.spec.param(k).shape
             if not batched:
                 v = v[None]
-            elif v.dim() == len(shape):  # a shared block in a call with per-sample θ: one row per sample too
-                v = v.expand(b, *shape)
-            rows.append((dsets[k], v.numpy()))
+            elif v.ndim == len(shape):  # a shared block in a call with per-sample θ: one row per sample too
+                v = np.broadcast_to(v, (b, *shape))
+            rows.append((("params", k), v))
+        rows += [(("x", ""), _real(x)), (("y", ""), _real(y))]
+        stored = []
+        for key, v in rows:  # any widening (rare: the first reading finer than float32) comes before the first write
+            d, v = self._stored(self._dataset(key), v)
+            self._set_dataset(key, d)
+            stored.append((d, v))
         calls = np.arange(call, call + b) if batched else np.full(b, call)
-        rows += [(self._x, x.detach().cpu().float().numpy()), (self._y, y.detach().cpu().float().numpy()),
-                 (self._call, calls)]
-        for d, v in rows:
+        for d, v in stored:
             self._append(d, v)
+        self._append(self._call, calls)
         self._f.flush()
 
     def append_refused(self, x: Tensor, params: Mapping[str, Tensor], reading: Any, why: str) -> str:
@@ -369,3 +425,9 @@ class MeasurementLog:
     def close(self) -> None:
         if self._f.id.valid:
             self._f.close()
+
+
+def _real(v: Tensor) -> np.ndarray:
+    """A logged tensor as a numpy array at its own precision (integers as float64, which holds them exactly)."""
+    a = v.detach().cpu()
+    return (a if a.is_floating_point() else a.to(torch.float64)).numpy()

@@ -14,13 +14,14 @@ import torch
 from torch import Tensor
 
 from .errors import ConfigError, DeviceError, PnnkitError, RangeError, ShapeError
-from .interrupts import defer_interrupts
+from .interrupts import InterruptGate, defer_interrupts, interrupt_gate
 from .spec import SystemSpec
 
 Params = Mapping[str, Tensor]
 
 
 _HALF = (torch.float16, torch.bfloat16)
+_NO_READING = object()  # measure() has not returned
 
 
 @functools.lru_cache(maxsize=512)
@@ -215,46 +216,63 @@ class PhysicalSystem(ABC):
         batch = self.check_inputs(x, params)
         if grad and not self.differentiable:
             raise DeviceError(f"{self.spec.name}: system is not differentiable; 'exact' mode needs a simulation")
-        try:
-            if grad:
-                y = self.measure(x, dict(params))
-            else:
-                with torch.no_grad():
-                    y = self.measure(x, params)
-        except BaseException as e:
-            kept = self._keep_partial(x, params, e)
-            if isinstance(e, PnnkitError) and kept:
-                try:  # the same error, its message saying where the partial reading went
-                    again = type(e)(f"{e}{kept}")
-                    again.__dict__.update(e.__dict__)
-                except Exception:
-                    e.add_note(kept.strip())
-                    raise e from None
-                raise again from e
-            if isinstance(e, PnnkitError) or not isinstance(e, Exception):  # our own errors, Ctrl-C: as they are
-                raise
-            # the device's own failure (driver, timeout, simulator): named, with its cause
-            raise DeviceError(f"{self.spec.name}: measure() failed on call {self.calls + 1} (batch of {batch}): "
-                              f"{type(e).__name__}: {e}{kept}") from e
         log = getattr(self, "_log", None)
-        # from the reading's return to its last logged row, Ctrl-C waits
-        with defer_interrupts() if log is not None else contextlib.nullcontext():
-            y = self._checked_reading(y, x, params, batch)
-            self._calls = self.calls + 1
-            self._queries = self.queries + batch
-            if log is not None:  # what came back is kept as measured, NaN/inf included (readers skip those rows)
-                log.append(x, params, y)
+        y: Any = _NO_READING
+        # with a log, the Ctrl-C handler is in place before the call: Ctrl-C stops a call that is still measuring,
+        # and waits from the reading's return to its last logged row
+        with interrupt_gate() if log is not None else contextlib.nullcontext(InterruptGate()) as gate:
+            try:
+                if grad:
+                    y = self.measure(x, dict(params))
+                else:
+                    with torch.no_grad():
+                        y = self.measure(x, params)
+                gate.close()
+            except BaseException as e:
+                if y is not _NO_READING:  # Ctrl-C came just after the reading returned: keep it, then stop
+                    gate.close()
+                    try:
+                        self._record(y, x, params, batch, log)
+                    except PnnkitError as refused:
+                        e.add_note(str(refused))
+                    raise
+                kept = self._keep_partial(x, params, e)
+                if isinstance(e, PnnkitError) and kept:
+                    try:  # the same error, its message saying where the partial reading went
+                        again = type(e)(f"{e}{kept}")
+                        again.__dict__.update(e.__dict__)
+                    except Exception:
+                        e.add_note(kept.strip())
+                        raise e from None
+                    raise again from e
+                if isinstance(e, PnnkitError) or not isinstance(e, Exception):  # our own errors, Ctrl-C: as they are
+                    raise
+                # the device's own failure (driver, timeout, simulator): named, with its cause
+                raise DeviceError(f"{self.spec.name}: measure() failed on call {self.calls + 1} (batch of {batch}): "
+                                  f"{type(e).__name__}: {e}{kept}") from e
+            y, out = self._record(y, x, params, batch, log)
         if not _finite_within(y, -math.inf, math.inf) and not torch.isfinite(y).all():
             bad = int((~torch.isfinite(y)).any(dim=1).sum())
             kept = " (the call is kept in the attached log)" if log is not None else ""
             raise DeviceError(f"{self.spec.name}: measurement returned NaN/inf for {bad} of {batch} samples{kept}")
-        out = _reading_dtype(x, y)
         y = y if y.dtype == out else y.to(out)
         return y if home is None or y.device == home else y.to(home)
 
-    def _checked_reading(self, y: Any, x: Tensor, params: Params, batch: int) -> Tensor:
-        """``measure``'s return value as a real tensor of shape ``(batch, output_dim)``; anything else is refused
-        with a :class:`DeviceError`, after the reading, as it came back, is kept in the attached log."""
+    def _record(self, y: Any, x: Tensor, params: Params, batch: int, log: Any) -> tuple[Tensor, torch.dtype]:
+        """Check a reading that came back, count the call and log it as measured (full precision, NaN/inf
+        included: readers skip those rows). Returns the reading and the dtype the caller gets it in."""
+        y, out = self._checked_reading(y, x, params, batch)
+        self._calls = self.calls + 1
+        self._queries = self.queries + batch
+        if log is not None:
+            log.append(x, params, y)
+        return y, out
+
+    def _checked_reading(self, y: Any, x: Tensor, params: Params, batch: int) -> tuple[Tensor, torch.dtype]:
+        """``measure``'s return value as a real tensor of shape ``(batch, output_dim)`` at its own precision (integer
+        readings as float64, which holds them exactly), and the dtype the caller gets it in
+        (:func:`_reading_dtype`). Anything else is refused with a :class:`DeviceError`, after the reading, as it
+        came back, is kept in the attached log."""
         raw = y
         if isinstance(y, np.ma.MaskedArray):  # masked (invalid) readings count as NaN: refused later, and logged
             y = y.astype(np.float64).filled(np.nan)
@@ -264,7 +282,6 @@ class PhysicalSystem(ABC):
                 why = f"measure() returned an array of {y.dtype}, expected real numbers"
             else:
                 y = torch.from_numpy(np.ascontiguousarray(y))
-                y = y.to(_reading_dtype(x, y))
         if why is None and isinstance(y, Tensor) and (y.is_complex() or y.dtype == torch.bool):
             why = f"measure() returned {y.dtype} values, expected real numbers"
         if why is None and not isinstance(y, Tensor):
@@ -278,7 +295,10 @@ class PhysicalSystem(ABC):
                 where = log.append_refused(x, params, raw, why)
                 kept = f" (the reading is kept in {getattr(log, 'path', 'the attached log')} under {where})"
             raise DeviceError(f"{self.spec.name}: {why}{kept}")
-        return y
+        out = _reading_dtype(x, y)
+        if not y.is_floating_point():
+            y = y.to(torch.float64)
+        return y, out
 
     def _keep_partial(self, x: Tensor, params: Params, error: BaseException) -> str:
         """Log the ``partial_reading`` a failed ``measure`` attached to ``error``; the note for its message."""
