@@ -152,18 +152,73 @@ def test_integer_adc_codes_are_logged_exactly(tmp_path):
     assert np.array_equal(log._y[...], codes.astype(np.float64))
 
 
-@pytest.mark.parametrize("killed_after", ["copy", "delete"])
-def test_a_widening_cut_short_leaves_one_whole_version(tmp_path, killed_after):
+@pytest.mark.parametrize("name", ["y", "params/W"])
+@pytest.mark.parametrize("killed_after", ["part_of_the_copy", "the_delete"])
+def test_a_widening_cut_short_leaves_one_whole_version(tmp_path, killed_after, name):
     system, log = _logged_system(tmp_path)
-    y = system(torch.full((4, 4), 0.1), _params(system.spec))
+    y = system(torch.full((4, 4), 0.1), _params(system.spec, value=0.3))
     f = log._f  # what _widen does, up to the point where the process is killed
-    f.create_dataset("y.f8", data=f["y"][...].astype(np.float64), maxshape=(None, 4), chunks=True)
-    if killed_after == "delete":
-        del f["y"]
+    old = f[name][...]
+    if killed_after == "part_of_the_copy":  # an unfinished float64 copy beside the intact original
+        f.create_dataset(name + ".f8", data=old[:0].astype(np.float64), maxshape=(None, *old.shape[1:]))
+    else:  # a whole copy, the original already deleted
+        f.create_dataset(name + ".f8", data=old.astype(np.float64), maxshape=(None, *old.shape[1:]))
+        del f[name]
     log.close()
     log = MeasurementLog(tmp_path / "log.h5", system.spec)
-    assert "y.f8" not in log._f and len(log) == 4
-    assert torch.equal(log.to_measurements().y[:, 0].float(), y)
+    names = []
+    log._f.visit(names.append)
+    assert not any(n.endswith(".f8") for n in names) and len(log) == 4
+    m = log.to_measurements()
+    assert torch.equal(m.y[:, 0].float(), y) and torch.equal(m.params["W"][0].float(), torch.full((4, 4), 0.3))
+
+
+def test_float64_inputs_and_parameters_are_logged_exactly_and_read_back_in_one_dtype(tmp_path):
+    system, log = _logged_system(tmp_path)
+    x = torch.full((2, 4), 0.1, dtype=torch.float64)
+    params = {k: v.double() + 1e-9 for k, v in _params(system.spec).items()}
+    y = system(x, params)
+    assert y.dtype == torch.float64
+    names = []
+    log._f.visit(names.append)
+    assert not any(n.endswith(".f8") for n in names)
+    m = log.to_measurements()
+    assert {m.x.dtype, m.y.dtype, *(v.dtype for v in m.params.values())} == {torch.float64}
+    assert torch.equal(m.x, x) and torch.equal(m.params["W"][0], params["W"]) and torch.equal(m.y[:, 0], y)
+
+
+def test_a_bfloat16_reading_is_logged(tmp_path):
+    system, log = _logged_system(tmp_path, fn=lambda x, p: tanh_model(x, p).to(torch.bfloat16))
+    y = system(torch.full((2, 4), 0.1), _params(system.spec))
+    assert y.dtype == torch.float32 and len(log) == 2 and torch.equal(log.to_measurements().y[:, 0], y)
+
+
+def test_a_reading_beyond_the_networks_precision_is_refused_and_logged_as_measured(tmp_path):
+    system, log = _logged_system(tmp_path, fn=lambda x, p: np.full((2, 4), 1e39), numpy=True)
+    with pytest.raises(DeviceError, match=r"values beyond torch.float32's range for 2 of 2 samples \(the call is kept"):
+        system(torch.zeros(2, 4), _params(system.spec))
+    assert np.array_equal(log._y[...], np.full((2, 4), 1e39))
+
+
+def test_ctrl_c_during_a_measurement_reaches_the_handler_that_was_in_place(tmp_path):
+    handled = []
+
+    def device(x, p):
+        os.kill(os.getpid(), signal.SIGINT)
+        handled.append("device continues") if handled else handled.append("not yet handled")
+        return tanh_model(x, p)
+
+    system, log = _logged_system(tmp_path, fn=device)
+    def mine(signum, frame):
+        handled.append("handled")
+
+    previous = signal.signal(signal.SIGINT, mine)
+    try:
+        system(torch.full((2, 4), 0.1), _params(system.spec))
+        assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert handled == ["handled", "device continues"] and len(log) == 2  # passed on at once, not held
 
 
 def test_a_shared_block_in_a_per_sample_call_is_logged_once_per_sample(tmp_path):

@@ -248,7 +248,8 @@ class MeasurementLog:
     returned, so an interrupted run keeps everything it measured. Layout: ``x`` (N, in), ``y`` (N, out),
     ``call`` (N,) index into ``params/<name>`` (n_calls, *shape) — a shared θ is stored once per call.
     Values are stored exactly: as float32 while float32 holds them, and a dataset is rewritten as float64 the first
-    time a value arrives that float32 would round (a float64 instrument or simulator, integer ADC codes above 2²⁴).
+    time a value arrives that float32 would round (a float64 instrument or simulator, integer ADC codes above 2²⁴;
+    integers are exact up to 2⁵³). HDF5 does not reuse the space of the float32 version (``h5repack`` reclaims it).
     """
 
     def __init__(self, path: str | Path, spec: SystemSpec) -> None:
@@ -298,6 +299,8 @@ class MeasurementLog:
         """Rewrite a float32 dataset as float64, so that a reading finer than float32 is stored exactly. Copy
         first, then swap: a process killed in between leaves one whole version (:meth:`_finish_widening`)."""
         f, name = self._f, d.name.lstrip("/")
+        if name + _WIDE in f:  # left by a widening that failed earlier in this process (disk full, say)
+            del f[name + _WIDE]
         wide = f.create_dataset(name + _WIDE, d.shape, maxshape=d.maxshape, dtype="f8", chunks=True)
         for start in range(0, d.shape[0], 1 << 16):
             wide[start : start + (1 << 16)] = d[start : start + (1 << 16)]
@@ -322,7 +325,8 @@ class MeasurementLog:
         """``v`` as the dataset stores it: float32 when that is exact, else the dataset widened to float64."""
         if d.dtype == np.float64 or v.dtype == np.float32:
             return d, v
-        narrow = v.astype(np.float32)
+        with np.errstate(over="ignore"):  # beyond float32's range: inf here, so the dataset is widened below
+            narrow = v.astype(np.float32)
         if v.dtype.itemsize <= 4 and v.dtype.kind == "f":  # float16: float32 holds it exactly
             return d, narrow
         if np.array_equal(narrow.astype(v.dtype), v, equal_nan=True):
@@ -414,8 +418,11 @@ class MeasurementLog:
         whose output has NaN/inf (a failed measurement, kept in the file as it came back) are left out."""
         f = self._f
         call = torch.from_numpy(f["call"][...])
-        params = {p.name: torch.from_numpy(f["params"][p.name][...])[call] for p in self.spec.params}
-        x, y = torch.from_numpy(f["x"][...]), torch.from_numpy(f["y"][...])
+        # one dtype for all arrays: float64 as soon as any dataset was widened
+        dt = torch.float64 if any(d.dtype == np.float64 for d in (self._x, self._y, *self._params.values())) \
+            else torch.float32
+        params = {p.name: torch.from_numpy(f["params"][p.name][...])[call].to(dt) for p in self.spec.params}
+        x, y = torch.from_numpy(f["x"][...]).to(dt), torch.from_numpy(f["y"][...]).to(dt)
         ok = torch.isfinite(y).all(dim=1)
         if not bool(ok.all()):
             x, y, params = x[ok], y[ok], {k: v[ok] for k, v in params.items()}
@@ -428,6 +435,9 @@ class MeasurementLog:
 
 
 def _real(v: Tensor) -> np.ndarray:
-    """A logged tensor as a numpy array at its own precision (integers as float64, which holds them exactly)."""
+    """A logged tensor as a numpy array at its own precision: bfloat16 (which numpy lacks) as float32 and integers
+    as float64, both exact (integers up to 2⁵³ in magnitude)."""
     a = v.detach().cpu()
+    if a.dtype == torch.bfloat16:
+        a = a.to(torch.float32)
     return (a if a.is_floating_point() else a.to(torch.float64)).numpy()

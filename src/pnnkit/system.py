@@ -250,12 +250,13 @@ class PhysicalSystem(ABC):
                 # the device's own failure (driver, timeout, simulator): named, with its cause
                 raise DeviceError(f"{self.spec.name}: measure() failed on call {self.calls + 1} (batch of {batch}): "
                                   f"{type(e).__name__}: {e}{kept}") from e
-            y, out = self._record(y, x, params, batch, log)
+            measured, out = self._record(y, x, params, batch, log)
+        y = measured if measured.dtype == out else measured.to(out)
         if not _finite_within(y, -math.inf, math.inf) and not torch.isfinite(y).all():
             bad = int((~torch.isfinite(y)).any(dim=1).sum())
+            what = "NaN/inf" if not torch.isfinite(measured).all() else f"values beyond {out}'s range"
             kept = " (the call is kept in the attached log)" if log is not None else ""
-            raise DeviceError(f"{self.spec.name}: measurement returned NaN/inf for {bad} of {batch} samples{kept}")
-        y = y if y.dtype == out else y.to(out)
+            raise DeviceError(f"{self.spec.name}: measurement returned {what} for {bad} of {batch} samples{kept}")
         return y if home is None or y.device == home else y.to(home)
 
     def _record(self, y: Any, x: Tensor, params: Params, batch: int, log: Any) -> tuple[Tensor, torch.dtype]:
@@ -270,7 +271,7 @@ class PhysicalSystem(ABC):
 
     def _checked_reading(self, y: Any, x: Tensor, params: Params, batch: int) -> tuple[Tensor, torch.dtype]:
         """``measure``'s return value as a real tensor of shape ``(batch, output_dim)`` at its own precision (integer
-        readings as float64, which holds them exactly), and the dtype the caller gets it in
+        readings as float64, exact up to 2⁵³), and the dtype the caller gets it in
         (:func:`_reading_dtype`). Anything else is refused with a :class:`DeviceError`, after the reading, as it
         came back, is kept in the attached log."""
         raw = y
