@@ -63,11 +63,3 @@ def interrupt_gate() -> Iterator[InterruptGate]:
         if gate.pending:
             signal.raise_signal(signal.SIGINT)  # the previous handler runs now (KeyboardInterrupt by default)
 
-
-@contextmanager
-def defer_interrupts() -> Iterator[None]:
-    """Delay SIGINT (Ctrl-C) until the block has finished, then deliver it to the handler that was in place
-    (an :func:`interrupt_gate` closed from the start)."""
-    with interrupt_gate() as gate:
-        gate.close()
-        yield

@@ -278,11 +278,15 @@ class MeasurementLog:
         elif SystemSpec.from_dict(json.loads(f.attrs["spec"])) != spec:
             f.close()
             raise DataError(f"measurement log {self.path} belongs to another system; choose a new file")
-        # dataset handles looked up once: h5py's name lookup costs as much as a small measurement per call
         self._finish_widening()
-        self._x, self._y, self._call = f["x"], f["y"], f["call"]
-        self._params = {p.name: f["params"][p.name] for p in spec.params}
+        self._lookup()
         self._repair()
+
+    def _lookup(self) -> None:
+        """Look the dataset handles up once (h5py's name lookup costs as much as a small measurement per call)."""
+        f = self._f
+        self._x, self._y, self._call = f["x"], f["y"], f["call"]
+        self._params = {p.name: f["params"][p.name] for p in self.spec.params}
 
     def _finish_widening(self) -> None:
         """Complete a :meth:`_widen` cut short: its float64 copy is whole once the old dataset is gone."""
@@ -308,18 +312,8 @@ class MeasurementLog:
         del f[name]
         f.move(name + _WIDE, name)
         f.flush()
+        self._lookup()
         return f[name]
-
-    def _dataset(self, key: tuple[str, str]) -> h5py.Dataset:
-        return self._params[key[1]] if key[0] == "params" else self._x if key[0] == "x" else self._y
-
-    def _set_dataset(self, key: tuple[str, str], d: h5py.Dataset) -> None:
-        if key[0] == "params":
-            self._params[key[1]] = d
-        elif key[0] == "x":
-            self._x = d
-        else:
-            self._y = d
 
     def _stored(self, d: h5py.Dataset, v: np.ndarray) -> tuple[h5py.Dataset, np.ndarray]:
         """``v`` as the dataset stores it: float32 when that is exact, else the dataset widened to float64."""
@@ -371,7 +365,7 @@ class MeasurementLog:
         call = dsets[self.spec.params[0].name].shape[0] if self.spec.params else int(self._call.shape[0])
         b = x.shape[0]
         batched = any(v.dim() > len(self.spec.param(k).shape) for k, v in params.items())
-        rows: list[tuple[tuple[str, str], np.ndarray]] = []
+        rows: list[tuple[h5py.Dataset, np.ndarray]] = []
         for k, v in params.items():
             v = _real(v)
             shape = self.spec.param(k).shape
@@ -379,13 +373,10 @@ class MeasurementLog:
                 v = v[None]
             elif v.ndim == len(shape):  # a shared block in a call with per-sample θ: one row per sample too
                 v = np.broadcast_to(v, (b, *shape))
-            rows.append((("params", k), v))
-        rows += [(("x", ""), _real(x)), (("y", ""), _real(y))]
-        stored = []
-        for key, v in rows:  # any widening (rare: the first reading finer than float32) comes before the first write
-            d, v = self._stored(self._dataset(key), v)
-            self._set_dataset(key, d)
-            stored.append((d, v))
+            rows.append((dsets[k], v))
+        rows += [(self._x, _real(x)), (self._y, _real(y))]
+        # any widening (rare: the first reading finer than float32) comes before the call's first write
+        stored = [self._stored(d, v) for d, v in rows]
         calls = np.arange(call, call + b) if batched else np.full(b, call)
         for d, v in stored:
             self._append(d, v)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .errors import ConfigError, DeviceError, PnnkitError, RangeError, ShapeError
-from .interrupts import InterruptGate, defer_interrupts, interrupt_gate
+from .interrupts import InterruptGate, interrupt_gate
 from .spec import SystemSpec
 
 Params = Mapping[str, Tensor]
@@ -236,7 +236,7 @@ class PhysicalSystem(ABC):
                     except PnnkitError as refused:
                         e.add_note(str(refused))
                     raise
-                kept = self._keep_partial(x, params, e)
+                kept = self._keep_partial(x, params, e, gate)
                 if isinstance(e, PnnkitError) and kept:
                     try:  # the same error, its message saying where the partial reading went
                         again = type(e)(f"{e}{kept}")
@@ -301,8 +301,9 @@ class PhysicalSystem(ABC):
             y = y.to(torch.float64)
         return y, out
 
-    def _keep_partial(self, x: Tensor, params: Params, error: BaseException) -> str:
-        """Log the ``partial_reading`` a failed ``measure`` attached to ``error``; the note for its message."""
+    def _keep_partial(self, x: Tensor, params: Params, error: BaseException, gate: InterruptGate) -> str:
+        """Log the ``partial_reading`` a failed ``measure`` attached to ``error`` (Ctrl-C held by ``gate`` meanwhile);
+        the note for its message."""
         part = getattr(error, "partial_reading", None)
         log = getattr(self, "_log", None)
         if part is None or log is None:
@@ -311,8 +312,8 @@ class PhysicalSystem(ABC):
             y = torch.as_tensor(np.ma.filled(np.ma.asarray(part, dtype=np.float64), np.nan))
             if tuple(y.shape) != (x.shape[0], self.spec.output_dim):
                 return ""
-            with defer_interrupts():
-                log.append(x, params, y)
+            gate.close()
+            log.append(x, params, y)
         except Exception as e:
             return f" (its partial reading could not be logged: {type(e).__name__}: {e})"
         done = int(torch.isfinite(y).all(dim=1).sum())
