@@ -18,7 +18,7 @@ BENCHMARKS = ("overhead", "latency", "queries", "labs", "scaling")
 def _check_contract(res: dict, name: str) -> None:
     assert res["benchmark"] == name
     m = res["machine"]
-    for key in ("cpu", "cores", "torch", "torch_threads", "load_average_start", "loaded", "date"):
+    for key in ("cpu", "cpu_capability", "cores", "torch", "torch_threads", "load_average_start", "loaded", "date"):
         assert key in m, key
     assert len(m["load_average_start"]) == 3
     assert isinstance(res["rows"], list) and res["rows"]

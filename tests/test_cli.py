@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -44,6 +45,9 @@ def test_run_writes_results_in_the_schema(tiny_run):
     assert r["methods"]["pat"]["physical_queries"] == 2 * 2 * (1797 - 200)  # 2 layers × 2 epochs × samples
     assert r["twin"]["train_samples"] > 0 and r["twin"]["val_nrmse"] > 0
     assert set(r["versions"]) == {"pnnkit", "torch", "python"}
+    assert set(r["machine"]) == {"cpu", "cpu_capability", "cores", "torch_threads", "platform"}
+    assert r["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert r["machine"]["torch_threads"] == torch.get_num_threads() and r["machine"]["cores"] >= 1
     for f in ("learning_curves.png", "confusion_pat.png", "confusion_in_silico.png", "twin.safetensors",
               "twin.json", "twin_measurements.h5", "pat/log.csv", "pat/checkpoint.json"):
         assert (d / "out" / f).exists(), f

@@ -297,3 +297,19 @@ def test_ngspice_runs_that_finished_are_logged_when_another_fails(tmp_path, monk
     y = torch.from_numpy(log._f["y"][...])
     assert len(log) == 6 and int(torch.isfinite(y).all(dim=1).sum()) == 4  # the failed run's 2 circuits: NaN rows
     assert len(log.to_measurements()) == 4
+
+
+@needs_ngspice
+def test_simulator_version_is_recorded_with_the_measurements(tmp_path) -> None:
+    from pnnkit.labs.circuit import ngspice_version
+    from pnnkit.measurements import MeasurementSet
+
+    lab = make_lab("circuit", n_inputs=4, n_params=4, output_dim=4)
+    assert lab.spec.meta["simulator"] == ngspice_version(lab.ngspice)
+    assert lab.spec.meta["simulator"].startswith("ngspice-")  # the version `ngspice -v` printed, not a fallback
+    assert ngspice_version("no-such-ngspice-binary") == "unknown"
+    x, th = _drive(2, 4, 4)
+    y = lab(x, th)
+    path = MeasurementSet(lab.spec, x, {"theta": th["theta"].expand(2, -1)}, y[:, None]).save(tmp_path / "m.h5")
+    assert MeasurementSet.load(path).spec.meta["simulator"] == lab.spec.meta["simulator"]
+    assert make_lab("circuit", backend="ode", n_inputs=4, n_params=4, output_dim=4).spec.meta["simulator"].startswith("torch")

@@ -19,6 +19,7 @@ from .checkpoint import save_weights
 from .config import DigitalBaselineConfig, ExperimentConfig, LabConfig, TwinConfig, validate_config
 from .errors import ConfigError, DataError, PnnkitError
 from .labs import make_lab
+from .machine import machine_summary
 from .measurements import MeasurementLog, MeasurementSet, acquire, keep_existing
 from .networks import LinearBlock, NetworkConfig, ParallelBlock, PhysicalBlock, build_network, count_digital_parameters
 from .system import PhysicalSystem
@@ -285,6 +286,7 @@ def _run(cfg: ExperimentConfig, out: Path, task: ClassificationTask, system: Phy
         "methods": {},
         "twin": None,
         "versions": versions(),
+        "machine": machine_summary(),
     }
     if tw is not None:
         rep = tw.twin.report

@@ -15,18 +15,10 @@ from typing import Any
 
 import torch
 
+from ..machine import machine_summary
+
 #: 1-minute load average above which timings are flagged as taken under load.
 LOAD_WARN = 1.5
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info(threads: int | None = None) -> dict[str, Any]:
@@ -36,13 +28,10 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
     except OSError:  # pragma: no cover
         load = [float("nan")] * 3
     return {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
+        **machine_summary(threads),
         "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torch_threads": threads if threads is not None else torch.get_num_threads(),
         "load_average_start": [round(v, 2) for v in load],
         "loaded": bool(load[0] > LOAD_WARN),
         "load_note": (f"1-min load {load[0]:.2f} > {LOAD_WARN}: the machine was shared during this run; "
@@ -172,7 +161,8 @@ def write_and_print(res: dict[str, Any], out: Path | None, columns: Sequence[str
                   "[green]met[/]" if x["met"] else "[red]NOT met[/]")
     console.print(g)
     m = res["machine"]
-    console.print(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['torch_threads']} thread(s), "
+    console.print(f"machine: {m['cpu']} ({m.get('cpu_capability', '?')} kernels), {m['cores']} cores, torch {m['torch']}, "
+                  f"{m['torch_threads']} thread(s), "
                   f"load {m['load_average_start']}" + (f" — {m['load_note']}" if m.get("load_note") else ""))
     if out is not None:
         return save_results(res, Path(out), console)

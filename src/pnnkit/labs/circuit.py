@@ -288,6 +288,20 @@ def circuit_netlist(
     return "\n".join(lines) + "\n"
 
 
+@functools.lru_cache(maxsize=8)
+def ngspice_version(ngspice: str = "ngspice") -> str:
+    """The simulator's version as ``ngspice -v`` prints it (e.g. ``"ngspice-39"``), or ``"unknown"``.
+
+    The lab's readings depend on it (device models and time-step control change between releases), so it is part
+    of the lab's metadata and goes into every measurement file."""
+    try:
+        out = subprocess.run([ngspice, "-v"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    m = re.search(r"ngspice-\S+", out.stdout + out.stderr)
+    return m.group(0) if m else "unknown"
+
+
 def run_ngspice(netlist: str, *, ngspice: str = "ngspice", timeout: float = 600.0) -> str:
     """Run ``ngspice -b`` on ``netlist`` in a scratch directory; return the text of ``out.txt`` it writes."""
     with tempfile.TemporaryDirectory(prefix="pnnkit-spice-") as d:
@@ -949,6 +963,7 @@ class CircuitLab(VirtualLab):
                 "unit": self.unit, "ideal": ideal, "backend": backend, "imperfections": _jsonable(asdict(imp)),
                 "design": asdict(self.design), "components": asdict(self.components), "timing": asdict(self.timing),
                 "transistor": "2N3904", "unit_card": {k: self.unit_card[k] for k in ("IS", "ISE", "BF")},
+                "simulator": ngspice_version(self.ngspice) if backend == "ngspice" else "torch ODE (simulate_ode)",
             },
         )
         self._seed = seed
