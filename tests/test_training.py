@@ -163,6 +163,17 @@ def test_readout_refit_in_pat_measures_the_training_set_once_and_logs_it(tmp_pat
     # nothing measured is lost: the refit's measurements included, then the final evaluation's
     assert len(log) == res.physical_queries + res.eval_queries and res.eval_queries == 2 * 64
     log.close()
+    # the network before the refit is kept: same body (θ, stem), the readout the refit replaced
+    from pnnkit.checkpoint import load_checkpoint
+    from pnnkit.training import split_readout
+
+    before = load_checkpoint(tmp_path / "checkpoint_before_readout_refit")["model"]
+    after = load_checkpoint(tmp_path / "checkpoint")["model"]
+    n_body = len(split_readout(model)[0])
+    body_keys = [k for k in before if int(k.split(".")[0]) < n_body]
+    assert before.keys() == after.keys() and body_keys
+    assert all(torch.equal(before[k], after[k]) for k in body_keys)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k not in body_keys)
     # a resumed, finished run does not refit twice
     again = Trainer(model, task, "pat", cfg, tmp_path)
     again.train(resume=True)

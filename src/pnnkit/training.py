@@ -22,6 +22,10 @@ from .layers import (
 from .system import PhysicalSystem
 from .tasks import ClassificationTask
 
+#: With ``refit_readout``, the checkpoint of the network as trained, saved beside ``checkpoint`` before the end
+#: refit replaces its readout (to compare the two readouts on the same features).
+PRE_REFIT_CHECKPOINT = "checkpoint_before_readout_refit"
+
 
 @dataclass
 class TrainConfig:
@@ -59,7 +63,8 @@ class TrainConfig:
             as training queries and are logged — from the twin in ``in_silico`` mode) and fit the digital modules
             after it (the readout) with full-batch L-BFGS, at most 500 iterations (:func:`refit_readout`). Given the
             features the readout problem is often nearly convex, and minibatch Adam can leave it short of its
-            optimum (docs/experiments/mnist.md, round 7).
+            optimum (docs/experiments/mnist.md, round 7). With an ``out_dir``, the network before the refit is
+            kept as ``checkpoint_before_readout_refit.safetensors/.json``.
         refit_l2: L2 penalty of that fit on the readout parameters' change (sum of squares).
         refit_readout_start: also fit the readout the same way once before the first epoch (after the data-dependent
             initialisation; measured on the device in ``pat`` mode), so that θ trains against a readout at its
@@ -577,6 +582,8 @@ class Trainer:
                 if self.checkpoint_path:
                     save_checkpoint(self.state(), self.checkpoint_path)
             if cfg.refit_readout and self.epoch == cfg.epochs and self.readout_refit is None:
+                if self.checkpoint_path:  # the network as trained, before the end refit replaces its readout
+                    save_checkpoint(self.state(), self.checkpoint_path.with_name(PRE_REFIT_CHECKPOINT))
                 self.readout_refit = self._refit(writer, "refit_train_accuracy")
                 if self.checkpoint_path:
                     save_checkpoint(self.state(), self.checkpoint_path)

@@ -1,0 +1,84 @@
+"""Two readouts of one trained network, scored on the same measured features: a paired comparison.
+
+Loads a run directory of ``pnnkit run`` and two checkpoints of one method that share everything up to the last
+physical layer (θ, stem, rescales) and differ only in the readout after it — by default the network before and
+after the end refit (``checkpoint_before_readout_refit`` and ``checkpoint``, written with
+``training.refit_readout``). The task's evaluation images (the test split, or the validation split of a run made
+with ``task.options.validation``) go through the shared body once, measured on the run's lab, and both readouts
+classify those same features. Prints both accuracies, how many images each gets right that the other does not,
+and McNemar's exact two-sided p-value for the difference (``scipy.stats.binomtest`` on the discordant images).
+Measuring once for both removes the lab's measurement noise from the comparison.
+
+Usage: PNNKIT_DATA_DIR=... .venv/bin/python benchmarks/compare_readouts.py RUN_DIR [--method pat]
+       [--a checkpoint_before_readout_refit] [--b checkpoint] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import time
+from pathlib import Path
+
+import torch
+from scipy.stats import binomtest
+
+from pnnkit.checkpoint import load_checkpoint
+from pnnkit.errors import ConfigError
+from pnnkit.experiments import rebuild_run
+from pnnkit.layers import using_mode
+from pnnkit.training import PRE_REFIT_CHECKPOINT, split_readout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--method", default="pat")
+    ap.add_argument("--a", default=PRE_REFIT_CHECKPOINT, help="first checkpoint (name inside RUN_DIR/METHOD, or a path)")
+    ap.add_argument("--b", default="checkpoint", help="second checkpoint (name inside RUN_DIR/METHOD, or a path)")
+    ap.add_argument("--workers", type=int, default=None, help="ngspice workers (default: the config's)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    _, task, lab, model = rebuild_run(args.run_dir, args.workers)
+
+    def state(name: str) -> dict[str, torch.Tensor]:
+        p = Path(name)
+        return load_checkpoint(p if p.parent != Path(".") else args.run_dir / args.method / name)["model"]
+
+    sa, sb = state(args.a), state(args.b)
+    n_body = len(split_readout(model)[0])
+    body_keys = [k for k in sa if int(k.split(".")[0]) < n_body]
+    differ = [k for k in body_keys if k not in sb or not torch.equal(sa[k], sb[k])]
+    if differ:
+        raise ConfigError(f"the two checkpoints differ before the readout ({', '.join(differ[:3])}); "
+                          "a paired readout comparison needs the same body")
+    model.load_state_dict(sa)
+    model_b = copy.deepcopy(model)
+    model_b.load_state_dict(sb)
+    model.eval()
+    model_b.eval()
+    body, readout_a = split_readout(model)
+    readout_b = split_readout(model_b)[1]
+    split = task.meta.get("split") or "test"
+    t0 = time.perf_counter()
+    with torch.no_grad(), using_mode(model, "physical"):
+        feats = torch.cat([body(task.x_test[i : i + 512]) for i in range(0, len(task.x_test), 512)])
+        right_a = readout_a(feats).argmax(1) == task.y_test
+        right_b = readout_b(feats).argmax(1) == task.y_test
+    n = len(task.y_test)
+    only_a, only_b = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
+    print(f"{n} evaluation images ({split}), measured once on the lab in {time.perf_counter() - t0:.0f} s "
+          f"({lab.queries} device queries)")
+    print(f"A {args.a}: accuracy {float(right_a.float().mean()):.4f}")
+    print(f"B {args.b}: accuracy {float(right_b.float().mean()):.4f}")
+    print(f"both right {int((right_a & right_b).sum())}, only A {only_a}, only B {only_b}, "
+          f"both wrong {int((~right_a & ~right_b).sum())}")
+    d = only_a + only_b
+    p = binomtest(only_b, d, 0.5).pvalue if d else 1.0
+    print(f"B − A: {(only_b - only_a) / n * 100:+.2f} points, paired SE ≈ √(only A + only B)/n = "
+          f"{math.sqrt(d) / n * 100:.2f} points, McNemar exact p = {p:.3g}")
+
+
+if __name__ == "__main__":
+    main()
