@@ -65,7 +65,9 @@ def test_train_then_evaluate_on_same_and_other_unit(tiny_run, monkeypatch):
     res = runner.invoke(app, ["train", str(cfg), "--out", str(d / "t"), "--method", "pat", "--twin", str(twin)])
     assert res.exit_code == 0, res.output
     weights = d / "t" / "pat" / "model.safetensors"
-    acc = json.loads((d / "t" / "pat" / "result.json").read_text())["test_accuracy"]
+    result = json.loads((d / "t" / "pat" / "result.json").read_text())
+    acc = result["test_accuracy"]
+    assert result["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and "torch" in result["versions"]
     res = runner.invoke(app, ["evaluate", str(cfg), "--weights", str(weights)])
     assert res.exit_code == 0 and "unit 0" in res.output
     assert abs(float(res.output.splitlines()[0].split(":")[-1]) - acc) < 0.05  # same unit, fresh measurement noise

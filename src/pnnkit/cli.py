@@ -164,7 +164,8 @@ def train(
 ) -> None:
     """Train one method; saves OUT/METHOD/model.safetensors and OUT/METHOD/result.json."""
     from .config import load_config
-    from .experiments import build_pieces, make_twin, start_run, train_method, twin_to_use
+    from .experiments import build_pieces, make_twin, start_run, train_method, twin_to_use, versions
+    from .machine import machine_summary
 
     try:
         cfg = load_config(config, set_ or ())
@@ -182,7 +183,8 @@ def train(
                                   sys.stderr.isatty(), resume)
     except PnnkitError as e:
         _fail(e)
-    (out / method / "result.json").write_text(json.dumps(res.summary(), indent=2))
+    (out / method / "result.json").write_text(
+        json.dumps({**res.summary(), "versions": versions(), "machine": machine_summary()}, indent=2))
     console.print(f"{method}: physical test accuracy {res.test_accuracy:.4f} "
                   f"({res.physical_queries} device queries, {res.train_seconds:.1f} s)")
 
