@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch
 from scipy.stats import binomtest
 
 from pnnkit.checkpoint import load_checkpoint
-from pnnkit.errors import ConfigError
+from pnnkit.errors import ConfigError, PnnkitError
 from pnnkit.experiments import rebuild_run
 from pnnkit.layers import using_mode
 from pnnkit.training import PRE_REFIT_CHECKPOINT, split_readout
@@ -35,8 +36,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--method", default="pat")
-    ap.add_argument("--a", default=PRE_REFIT_CHECKPOINT, help="first checkpoint (name inside RUN_DIR/METHOD, or a path)")
-    ap.add_argument("--b", default="checkpoint", help="second checkpoint (name inside RUN_DIR/METHOD, or a path)")
+    ap.add_argument("--a", default=PRE_REFIT_CHECKPOINT,
+                    help="first checkpoint: a name inside RUN_DIR/METHOD, or a path with a directory part")
+    ap.add_argument("--b", default="checkpoint", help="second checkpoint (as --a)")
     ap.add_argument("--workers", type=int, default=None, help="ngspice workers (default: the config's)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -44,7 +46,7 @@ def main() -> None:
 
     def state(name: str) -> dict[str, torch.Tensor]:
         p = Path(name)
-        return load_checkpoint(p if p.parent != Path(".") else args.run_dir / args.method / name)["model"]
+        return load_checkpoint(p if len(p.parts) > 1 else args.run_dir / args.method / name)["model"]
 
     sa, sb = state(args.a), state(args.b)
     n_body = len(split_readout(model)[0])
@@ -54,12 +56,10 @@ def main() -> None:
         raise ConfigError(f"the two checkpoints differ before the readout ({', '.join(differ[:3])}); "
                           "a paired readout comparison needs the same body")
     model.load_state_dict(sa)
-    model_b = copy.deepcopy(model)
-    model_b.load_state_dict(sb)
     model.eval()
-    model_b.eval()
     body, readout_a = split_readout(model)
-    readout_b = split_readout(model_b)[1]
+    readout_b = copy.deepcopy(readout_a)  # a slice of the model: its modules keep the model's indices as names
+    readout_b.load_state_dict({k: v for k, v in sb.items() if k not in body_keys})
     split = task.meta.get("split") or "test"
     t0 = time.perf_counter()
     with torch.no_grad(), using_mode(model, "physical"):
@@ -81,4 +81,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except PnnkitError as e:
+        sys.exit(f"compare_readouts: {e}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 from helpers import tiny_config
 from pnnkit.cli import app, demo_config_text
 from pnnkit.config import load_config, validate_config
+from pnnkit.machine import NUMERICS_ENV
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,8 +47,9 @@ def test_run_writes_results_in_the_schema(tiny_run):
     assert r["methods"]["pat"]["physical_queries"] == 2 * 2 * (1797 - 200)  # 2 layers × 2 epochs × samples
     assert r["twin"]["train_samples"] > 0 and r["twin"]["val_nrmse"] > 0
     assert set(r["versions"]) == {"pnnkit", "torch", "python"}
-    assert set(r["machine"]) == {"cpu", "cpu_capability", "cores", "torch_threads", "platform"}
+    assert set(r["machine"]) == {"cpu", "cpu_capability", "cores", "torch_threads", "platform", "env"}
     assert r["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert r["machine"]["env"] == {k: os.environ[k] for k in NUMERICS_ENV if k in os.environ}
     assert r["machine"]["torch_threads"] == torch.get_num_threads() and r["machine"]["cores"] >= 1
     for f in ("learning_curves.png", "confusion_pat.png", "confusion_in_silico.png", "twin.safetensors",
               "twin.json", "twin_measurements.h5", "pat/log.csv", "pat/checkpoint.json"):
@@ -67,7 +70,8 @@ def test_train_then_evaluate_on_same_and_other_unit(tiny_run, monkeypatch):
     weights = d / "t" / "pat" / "model.safetensors"
     result = json.loads((d / "t" / "pat" / "result.json").read_text())
     acc = result["test_accuracy"]
-    assert result["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and "torch" in result["versions"]
+    assert result["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert "torch" in result["versions"]
     res = runner.invoke(app, ["evaluate", str(cfg), "--weights", str(weights)])
     assert res.exit_code == 0 and "unit 0" in res.output
     assert abs(float(res.output.splitlines()[0].split(":")[-1]) - acc) < 0.05  # same unit, fresh measurement noise

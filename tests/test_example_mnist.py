@@ -86,6 +86,8 @@ def test_quick_variant_runs_end_to_end(name, tmp_path):
     res = run_experiment(cfg, tmp_path)
     r = json.loads((tmp_path / "results.json").read_text())
     assert r["task"] == "mnist" and r["unit"] == 0
+    # a simulated reality names its simulator's version (the circuit lab: ngspice), the others none
+    assert r["versions"].get("simulator", "").startswith("ngspice-") == (name == "mnist_electronic")
     n_layers = _n_device_uses(cfg)
     assert n_layers >= 2
     for m in ("pat", "in_silico"):

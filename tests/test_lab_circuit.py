@@ -312,4 +312,5 @@ def test_simulator_version_is_recorded_with_the_measurements(tmp_path) -> None:
     y = lab(x, th)
     path = MeasurementSet(lab.spec, x, {"theta": th["theta"].expand(2, -1)}, y[:, None]).save(tmp_path / "m.h5")
     assert MeasurementSet.load(path).spec.meta["simulator"] == lab.spec.meta["simulator"]
-    assert make_lab("circuit", backend="ode", n_inputs=4, n_params=4, output_dim=4).spec.meta["simulator"].startswith("torch")
+    ode = make_lab("circuit", backend="ode", n_inputs=4, n_params=4, output_dim=4)
+    assert ode.spec.meta["simulator"].startswith("torch")

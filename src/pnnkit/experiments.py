@@ -288,6 +288,8 @@ def _run(cfg: ExperimentConfig, out: Path, task: ClassificationTask, system: Phy
         "versions": versions(),
         "machine": machine_summary(),
     }
+    if "simulator" in system.spec.meta:  # a lab whose reality is a simulator (the circuit lab: ngspice's version)
+        results["versions"]["simulator"] = system.spec.meta["simulator"]
     if tw is not None:
         rep = tw.twin.report
         results["twin"] = {

@@ -161,8 +161,8 @@ def write_and_print(res: dict[str, Any], out: Path | None, columns: Sequence[str
                   "[green]met[/]" if x["met"] else "[red]NOT met[/]")
     console.print(g)
     m = res["machine"]
-    console.print(f"machine: {m['cpu']} ({m.get('cpu_capability', '?')} kernels), {m['cores']} cores, torch {m['torch']}, "
-                  f"{m['torch_threads']} thread(s), "
+    console.print(f"machine: {m['cpu']} ({m.get('cpu_capability', '?')} kernels), {m['cores']} cores, "
+                  f"torch {m['torch']}, {m['torch_threads']} thread(s), "
                   f"load {m['load_average_start']}" + (f" — {m['load_note']}" if m.get("load_note") else ""))
     if out is not None:
         return save_results(res, Path(out), console)

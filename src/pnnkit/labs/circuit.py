@@ -288,18 +288,26 @@ def circuit_netlist(
     return "\n".join(lines) + "\n"
 
 
-@functools.lru_cache(maxsize=8)
+_NGSPICE_VERSIONS: dict[str, str] = {}
+
+
 def ngspice_version(ngspice: str = "ngspice") -> str:
     """The simulator's version as ``ngspice -v`` prints it (e.g. ``"ngspice-39"``), or ``"unknown"``.
 
     The lab's readings depend on it (device models and time-step control change between releases), so it is part
-    of the lab's metadata and goes into every measurement file."""
+    of the lab's metadata and goes into every measurement file. Found versions are cached per executable; a failed
+    query is not, so the next lab asks again."""
+    if ngspice in _NGSPICE_VERSIONS:
+        return _NGSPICE_VERSIONS[ngspice]
     try:
         out = subprocess.run([ngspice, "-v"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     m = re.search(r"ngspice-\S+", out.stdout + out.stderr)
-    return m.group(0) if m else "unknown"
+    if not m:
+        return "unknown"
+    _NGSPICE_VERSIONS[ngspice] = m.group(0)
+    return m.group(0)
 
 
 def run_ngspice(netlist: str, *, ngspice: str = "ngspice", timeout: float = 600.0) -> str:
