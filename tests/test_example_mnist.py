@@ -33,6 +33,7 @@ def test_full_and_quick_configs_validate_and_match(name):
     assert quick.training.refit_readout_start == full.training.refit_readout_start
     assert quick.training.refit_readout_every == full.training.refit_readout_every
     assert quick.training.readout_lr == full.training.readout_lr
+    assert quick.training.pat_init == full.training.pat_init
     assert quick.training.refit_every_max_iter == full.training.refit_every_max_iter
     assert full.methods == ["pat", "in_silico"]
     assert full.digital_baseline is not None and full.digital_baseline.kind == "without_physical"
@@ -73,6 +74,8 @@ def _tiny(name: str) -> dict:
     d["twin"].update(samples=64, inputs_per_setting=32)
     d["twin"]["fit"].update(epochs=1)
     d["training"].update(epochs=1, batch_size=128, monitor_physical=False, record_measurements=False)
+    if d["training"].get("pat_epochs"):
+        d["training"]["pat_epochs"] = 1
     return d
 
 
@@ -97,8 +100,10 @@ def test_quick_variant_runs_end_to_end(name, tmp_path):
     # the last device use) the data init: all 100 training samples (init_samples ≥ 100) through every device use,
     # plus one more pass of the training set through every device use for each readout refit (before the first
     # epoch: refit_readout_start; after the last: refit_readout); refits after epochs (refit_readout_every) reuse the
-    # epoch's measurements and cost nothing
-    data_init = any(getattr(b, "init", "fixed") == "data" for b in cfg.network.layer)
+    # epoch's measurements and cost nothing. PAT started from the in-silico network (pat_init) has no data init:
+    # its rescales come initialised.
+    data_init = (any(getattr(b, "init", "fixed") == "data" for b in cfg.network.layer)
+                 and cfg.training.pat_init == "fresh")
     refits = [k for k, on in (("readout_refit_start", cfg.training.refit_readout_start),
                               ("readout_refit", cfg.training.refit_readout)) if on]
     passes = 1 + int(data_init) + len(refits)

@@ -174,6 +174,10 @@ def train(
         if method == "exact" and twin is not None:
             raise PnnkitError("--twin is not used by --method exact (it differentiates the lab's simulation "
                               "itself); drop --twin, or train pat or in_silico")
+        if method == "pat" and cfg.training.pat_init == "in_silico":
+            raise PnnkitError("training.pat_init: in_silico needs the in_silico network, which `train` does not "
+                              "build; run `pnnkit run`, or train --method in_silico first and set "
+                              "training.init_weights=OUT/in_silico/model.safetensors with pat_init=fresh")
         if twin is not None:
             cfg.twin.path = str(twin)
         task, system, _ = build_pieces(cfg)  # fails before anything is measured or written

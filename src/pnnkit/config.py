@@ -135,6 +135,14 @@ class TrainingConfig(_Strict):
     refit_every_max_iter: int = Field(500, ge=1, description="L-BFGS iterations at most for each of those refits")
     readout_lr: float | None = Field(None, ge=0, description="Adam lr of the readout (the digital blocks after the "
                                      "last physical layer) if not lr; 0: only the refits change it")
+    init_weights: str | None = Field(None, description="weights every method starts from instead of the seeded "
+                                     "initial ones: a run's METHOD/model.safetensors or checkpoint.safetensors "
+                                     "of the same network (e.g. to fine-tune an earlier run)")
+    pat_init: Literal["fresh", "in_silico"] = Field("fresh", description="in_silico: PAT starts from the network "
+                                                    "the in_silico method trained on the twin (θ and digital "
+                                                    "weights; needs in_silico in methods, which then runs first)")
+    pat_epochs: int | None = Field(None, gt=0, description="PAT's epochs if not epochs (e.g. a short fine-tune "
+                                   "after pat_init: in_silico)")
 
 
 class DigitalBaselineConfig(_Strict):
@@ -178,6 +186,13 @@ class ExperimentConfig(_Strict):
         if dup:
             raise ValueError(f"each entry may be listed once; listed more than once: {', '.join(map(repr, dup))}")
         return v
+
+    @model_validator(mode="after")
+    def _pat_init_needs_in_silico(self) -> "ExperimentConfig":
+        if self.training.pat_init == "in_silico" and "pat" in self.methods and "in_silico" not in self.methods:
+            raise ValueError("training.pat_init: in_silico starts PAT from the in_silico network, but methods has "
+                             "no in_silico; add it to methods, or set pat_init: fresh")
+        return self
 
 
 def _members(tp: Any) -> tuple[list[Any], str | None]:

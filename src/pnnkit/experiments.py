@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .checkpoint import save_weights
+from .checkpoint import load_weights, save_weights
 from .config import DigitalBaselineConfig, ExperimentConfig, LabConfig, TwinConfig, validate_config
 from .errors import ConfigError, DataError, PnnkitError
 from .labs import make_lab
@@ -110,11 +110,19 @@ def train_method(
     progress: bool = False,
     resume: bool = False,
     monitor: bool | None = None,
+    init_from: torch.nn.Module | None = None,
 ) -> tuple[torch.nn.Module, TrainResult]:
-    """Build the network (same initial weights for every method) and train it with ``method``."""
+    """Build the network (same initial weights for every method: seeded, or ``training.init_weights``) and train
+    it with ``method``; ``init_from``: a trained network of the same config to start from instead (PAT after
+    in silico, ``training.pat_init``)."""
     model = build_network(cfg.network, task.n_features, task.n_classes, system, twin, seed=cfg.seed)
     t = cfg.training
-    tc = _train_config(cfg, epochs=t.epochs, lr=t.lr, physical_lr=t.physical_lr,
+    if init_from is not None:
+        model.load_state_dict(init_from.state_dict())
+    elif t.init_weights:
+        load_weights(model, t.init_weights)
+    epochs = t.pat_epochs if method == "pat" and t.pat_epochs else t.epochs
+    tc = _train_config(cfg, epochs=epochs, lr=t.lr, physical_lr=t.physical_lr,
                        monitor_physical=t.monitor_physical if monitor is None else monitor,
                        monitor_every=t.monitor_every, progress=progress, record_measurements=t.record_measurements,
                        init_samples=t.init_samples, overlap=t.overlap)
@@ -303,9 +311,12 @@ def _run(cfg: ExperimentConfig, out: Path, task: ClassificationTask, system: Phy
         }
     histories: dict[str, Any] = {}
     models: dict[str, torch.nn.Module] = {}
-    for method in cfg.methods:
-        models[method], res = train_method(cfg, task, system, tw.twin if tw else None, method, out / method, progress, resume)
+    for method in run_order(cfg, cfg.methods):
+        models[method], res = train_method(cfg, task, system, tw.twin if tw else None, method, out / method, progress,
+                                           resume, init_from=_start(cfg, method, models))
         results["methods"][method] = {**res.summary(), "confusion": res.confusion}
+        if method == "pat" and cfg.training.pat_init != "fresh":
+            results["methods"][method]["init"] = cfg.training.pat_init
         histories[method] = res.history
     results["experiment"] = {
         "name": cfg.name,
@@ -337,7 +348,22 @@ def _run(cfg: ExperimentConfig, out: Path, task: ClassificationTask, system: Phy
 
 
 def _methods(cfg: ExperimentConfig) -> list[str]:
-    return [m for m in cfg.methods if m in ("pat", "in_silico", "exact")]
+    return run_order(cfg, [m for m in cfg.methods if m in ("pat", "in_silico", "exact")])
+
+
+def run_order(cfg: ExperimentConfig, methods: list[str]) -> list[str]:
+    """``methods`` in the order they are trained: as listed, except that with ``training.pat_init: in_silico``
+    in_silico comes before pat (PAT starts from its network)."""
+    if cfg.training.pat_init == "in_silico" and "pat" in methods and "in_silico" in methods:
+        rest = [m for m in methods if m != "in_silico"]
+        i = rest.index("pat")
+        return rest[:i] + ["in_silico"] + rest[i:]
+    return list(methods)
+
+
+def _start(cfg: ExperimentConfig, method: str, trained: dict[str, torch.nn.Module]) -> torch.nn.Module | None:
+    """The trained network ``method`` starts from (``training.pat_init``), or None for the initial weights."""
+    return trained["in_silico"] if method == "pat" and cfg.training.pat_init == "in_silico" else None
 
 
 def _accuracies(cfg: ExperimentConfig, task: ClassificationTask, system: PhysicalSystem,
@@ -353,9 +379,11 @@ def _accuracies(cfg: ExperimentConfig, task: ClassificationTask, system: Physica
     for sd in seeds or [cfg.seed]:
         c = cfg if sd == cfg.seed else cfg.model_copy(update={"seed": sd})
         row: dict[str, Any] = {}
+        trained: dict[str, torch.nn.Module] = {}
         for m in _methods(c):
             d = None if out is None else (out / f"seed{sd}" if seeds else out) / m
-            _, res = train_method(c, task, system, twin, m, out_dir=d, monitor=False)
+            trained[m], res = train_method(c, task, system, twin, m, out_dir=d, monitor=False,
+                                           init_from=_start(c, m, trained))
             row[m] = res.test_accuracy
             if res.twin_test_accuracy is not None:
                 row[f"{m}_twin"] = res.twin_test_accuracy

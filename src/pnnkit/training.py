@@ -122,6 +122,7 @@ class TrainResult:
             "physical_queries": self.physical_queries,
             "eval_queries": self.eval_queries,
             "train_seconds": self.train_seconds,
+            "epochs": len(self.history),
         }
         if self.readout_refit_start is not None:
             out["readout_refit_start"] = self.readout_refit_start

@@ -1,0 +1,103 @@
+"""Starting training from trained weights: ``training.pat_init: in_silico`` (PAT fine-tunes the twin-trained
+network), ``training.pat_epochs`` and ``training.init_weights``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from pnnkit.checkpoint import save_weights
+from pnnkit.cli import app
+from pnnkit.config import ExperimentConfig, load_config
+from pnnkit.errors import ConfigError
+from pnnkit.experiments import build_pieces, make_twin, run_experiment, run_order, train_method
+from pnnkit.layers import physical_layers
+
+from helpers import tiny_config
+
+runner = CliRunner()
+
+
+def _theta(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for layer in physical_layers(model) for p in layer.parameters()])
+
+
+def _cfg(**training) -> ExperimentConfig:
+    raw = tiny_config(epochs=2)
+    raw["training"].update(training)
+    return ExperimentConfig.model_validate(raw)
+
+
+def test_pat_starts_from_the_in_silico_network(tmp_path):
+    # lr so small that PAT's steps cannot move θ visibly: PAT's final θ is then the θ it started from
+    cfg = _cfg(pat_init="in_silico", pat_epochs=1, lr=1e-9)
+    cfg_in = _cfg(lr=0.02)  # in silico must really train, so its θ differs from the seeded initial θ
+    task, system, _ = build_pieces(cfg)
+    tw = make_twin(system, cfg.twin)
+    initial = _theta(train_method(cfg, task, system, tw.twin, "in_silico", monitor=False)[0])  # lr 1e-9: ≈ initial
+    trained, _ = train_method(cfg_in, task, system, tw.twin, "in_silico", monitor=False)
+    pat, res = train_method(cfg, task, system, tw.twin, "pat", monitor=False, init_from=trained)
+    assert len(res.history) == 1  # pat_epochs, not epochs
+    assert (_theta(trained) - initial).abs().max() > 1e-3
+    assert torch.allclose(_theta(pat), _theta(trained), atol=1e-6)
+    fresh, _ = train_method(cfg, task, system, tw.twin, "pat", monitor=False)
+    assert torch.allclose(_theta(fresh), initial, atol=1e-6)
+
+
+def test_run_trains_in_silico_first_and_records_pats_start(tmp_path):
+    raw = tiny_config(epochs=2)
+    raw["training"].update(pat_init="in_silico", pat_epochs=1)
+    raw["methods"] = ["pat", "in_silico"]
+    cfg = ExperimentConfig.model_validate(raw)
+    assert run_order(cfg, cfg.methods) == ["in_silico", "pat"]
+    res = run_experiment(cfg, tmp_path / "out")
+    assert res["methods"]["pat"]["init"] == "in_silico"
+    assert "init" not in res["methods"]["in_silico"]
+    assert res["methods"]["pat"]["epochs"] == 1 and res["methods"]["in_silico"]["epochs"] == 2
+    assert len((tmp_path / "out" / "pat" / "log.csv").read_text().splitlines()) == 1 + 1  # header + 1 epoch
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["methods"]["pat"]["init"] == "in_silico"
+
+
+def test_run_order_keeps_the_listed_order_otherwise():
+    cfg = _cfg()
+    assert run_order(cfg, ["pat", "exact", "in_silico"]) == ["pat", "exact", "in_silico"]
+    warm = _cfg(pat_init="in_silico")
+    assert run_order(warm, ["exact", "pat", "in_silico"]) == ["exact", "in_silico", "pat"]
+    assert run_order(warm, ["exact"]) == ["exact"]
+
+
+def test_init_weights_start_every_method_and_bad_files_are_named(tmp_path):
+    cfg = _cfg(lr=0.02)
+    task, system, _ = build_pieces(cfg)
+    tw = make_twin(system, cfg.twin)
+    trained, _ = train_method(cfg, task, system, tw.twin, "in_silico", monitor=False)
+    path = save_weights(trained, tmp_path / "w.safetensors")
+    warm = _cfg(lr=1e-9, init_weights=str(path))
+    for method in ("pat", "in_silico"):
+        model, _ = train_method(warm, task, system, tw.twin, method, monitor=False)
+        assert torch.allclose(_theta(model), _theta(trained), atol=1e-6), method
+    with pytest.raises(ConfigError, match="weights file not found: .*nope.safetensors"):
+        train_method(_cfg(init_weights=str(tmp_path / "nope.safetensors")), task, system, tw.twin, "pat")
+    other = tiny_config()
+    other["network"]["stem"] = [{"type": "linear", "out": 6}, {"type": "linear", "out": 6}]
+    other["training"]["init_weights"] = str(path)
+    c = ExperimentConfig.model_validate(other)
+    with pytest.raises(ConfigError, match=r"weights .*w\.safetensors do not fit this network"):
+        train_method(c, task, system, tw.twin, "pat")
+
+
+def test_pat_init_without_in_silico_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config()))
+    with pytest.raises(ConfigError) as e:
+        load_config(path, ["training.pat_init=in_silico", "methods=[pat]"])
+    assert "pat_init: in_silico" in str(e.value) and "\n" not in str(e.value)
+    load_config(path, ["training.pat_init=in_silico", "methods=[in_silico]"])  # no PAT: nothing to start
+    res = runner.invoke(app, ["train", str(path), "--out", str(tmp_path / "o"), "--method", "pat",
+                              "--set", "training.pat_init=in_silico"])
+    assert res.exit_code != 0
+    assert "needs the in_silico network" in res.output and not (tmp_path / "o").exists()
