@@ -98,8 +98,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def save_weights(model: torch.nn.Module, path: str | Path) -> Path:
-    """Write ``model``'s ``state_dict`` (θ in physical units and digital weights; not a twin) to one safetensors
-    file, as ``pnnkit run`` writes ``METHOD/model.safetensors``. Read it back with :func:`load_weights`."""
+    """Write ``model``'s ``state_dict`` (θ as stored: physical units, or logits for ``param_constraint: sigmoid``;
+    digital weights; not a twin) to one safetensors file, as ``pnnkit run`` writes ``METHOD/model.safetensors``.
+    Read it back with :func:`load_weights`."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path} is a directory; give a file name (e.g. {path / 'model.safetensors'})")
@@ -143,4 +144,23 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise ConfigError(f"weights {path} hold NaN or inf in {', '.join(bad[:4])}" + (" …" if len(bad) > 4 else ""))
+    _check_theta_ranges(model, state, path)
     model.load_state_dict(state)
+
+
+def _check_theta_ranges(model: torch.nn.Module, state: dict[str, Tensor], path: Path) -> None:
+    """Refuse stored θ of a ``clamp`` physical layer outside its system's declared range: trained weights never hold
+    one, so the file is from another lab (other ranges) or another ``param_constraint`` (sigmoid layers store
+    unbounded logits under the same keys), and clamping it silently would deploy something else."""
+    from .layers import PhysicalLayer
+
+    for name, layer in model.named_modules():
+        if not isinstance(layer, PhysicalLayer) or layer.param_constraint != "clamp":
+            continue
+        for p in layer.system.spec.params:
+            v = state[f"{name}.theta.{p.name}" if name else f"theta.{p.name}"]
+            lo, hi = float(v.min()), float(v.max())
+            if lo < p.low or hi > p.high:
+                raise ConfigError(f"weights {path}: {name + '.' if name else ''}theta.{p.name} spans [{lo:.4g}, "
+                                  f"{hi:.4g}], outside {layer.system.spec.name}'s range [{p.low:g}, {p.high:g}] "
+                                  "(weights of another lab, or of a network with param_constraint: sigmoid?)")

@@ -164,7 +164,7 @@ def train(
 ) -> None:
     """Train one method; saves OUT/METHOD/model.safetensors and OUT/METHOD/result.json."""
     from .config import load_config
-    from .experiments import build_pieces, make_twin, start_run, train_method, twin_to_use, versions
+    from .experiments import build_pieces, init_label, make_twin, start_run, train_method, twin_to_use, versions
     from .machine import machine_summary
 
     try:
@@ -176,8 +176,9 @@ def train(
                               "itself); drop --twin, or train pat or in_silico")
         if method == "pat" and cfg.training.pat_init == "in_silico":
             raise PnnkitError("training.pat_init: in_silico needs the in_silico network, which `train` does not "
-                              "build; run `pnnkit run`, or train --method in_silico first and set "
-                              "training.init_weights=OUT/in_silico/model.safetensors with pat_init=fresh")
+                              "build; run `pnnkit run`, or train --method in_silico first, then --method pat "
+                              "--twin OUT/twin.safetensors --set training.init_weights=OUT/in_silico/model.safetensors "
+                              "--set training.pat_init=fresh")
         if twin is not None:
             cfg.twin.path = str(twin)
         task, system, _ = build_pieces(cfg)  # fails before anything is measured or written
@@ -188,7 +189,8 @@ def train(
     except PnnkitError as e:
         _fail(e)
     (out / method / "result.json").write_text(
-        json.dumps({**res.summary(), "versions": versions(), "machine": machine_summary()}, indent=2))
+        json.dumps({**res.summary(), **({"init": init_label(cfg, method)} if init_label(cfg, method) else {}),
+                    "versions": versions(), "machine": machine_summary()}, indent=2))
     console.print(f"{method}: physical test accuracy {res.test_accuracy:.4f} "
                   f"({res.physical_queries} device queries, {res.train_seconds:.1f} s)")
 

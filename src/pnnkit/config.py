@@ -188,10 +188,15 @@ class ExperimentConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _pat_init_needs_in_silico(self) -> "ExperimentConfig":
+    def _starts(self) -> "ExperimentConfig":
         if self.training.pat_init == "in_silico" and "pat" in self.methods and "in_silico" not in self.methods:
             raise ValueError("training.pat_init: in_silico starts PAT from the in_silico network, but methods has "
                              "no in_silico; add it to methods, or set pat_init: fresh")
+        studies = [k for k, on in (("cv_folds", self.cv_folds), ("depth_sweep", self.depth_sweep),
+                                   ("sweep_seeds", self.sweep_seeds)) if on]
+        if self.training.init_weights and studies:
+            raise ValueError(f"training.init_weights cannot be used with {', '.join(studies)}: those train from "
+                             "fresh networks (other folds, depths or seeds); run the study without init_weights")
         return self
 
 

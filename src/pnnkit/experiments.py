@@ -188,6 +188,10 @@ def _check_resumed_config(cfg: ExperimentConfig, out: Path) -> None:
         before = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot resume: {path} is unreadable ({e})") from None
+    try:  # a run started before a new option existed recorded no value for it: compare with the default filled in
+        before = json.loads(ExperimentConfig.model_validate(before).model_dump_json())
+    except ValueError:  # no longer a valid config: compare the raw record, which names what differs
+        pass
     diff = _differing_keys(before, json.loads(cfg.model_dump_json()))
     if diff:
         shown = ", ".join(diff[:5]) + (f" and {len(diff) - 5} more" if len(diff) > 5 else "")
@@ -237,6 +241,11 @@ def start_run(cfg: ExperimentConfig, out: Path, resume: bool = False) -> None:
     """Keep an earlier run in ``out`` (see :func:`prepare_out`; said on stderr), or, resuming, refuse a config that
     differs from the one ``out`` was started with; then write ``out/config.json`` (the config as run). Call once
     the task, lab and network are known to build, so a config that fails there leaves ``out`` untouched."""
+    if not resume and ((out / "config.json").exists() or (out / "checkpoint.json").exists()):
+        for key, p in (("training.init_weights", cfg.training.init_weights), ("twin.path", cfg.twin.path)):
+            if p and Path(p).resolve().is_relative_to(out.resolve()):
+                raise ConfigError(f"{key} {p} lies inside {out}, whose earlier run a new run moves aside; "
+                                  "give another --out (or --resume that run)")
     try:
         kept = prepare_out(out, resume)
     except OSError as e:  # keeping an earlier run renames it: that needs write permission where it lies
@@ -268,6 +277,8 @@ def build_pieces(cfg: ExperimentConfig) -> tuple[ClassificationTask, PhysicalSys
     if cfg.twin.path:
         DigitalTwin.load(cfg.twin.path, system.spec)
     net = build_network(cfg.network, task.n_features, task.n_classes, system, None, seed=cfg.seed)
+    if cfg.training.init_weights:  # a missing file, or weights of another network or lab, fail here
+        load_weights(net, cfg.training.init_weights)
     return task, system, count_digital_parameters(net)
 
 
@@ -311,12 +322,14 @@ def _run(cfg: ExperimentConfig, out: Path, task: ClassificationTask, system: Phy
         }
     histories: dict[str, Any] = {}
     models: dict[str, torch.nn.Module] = {}
+    results["methods"] = dict.fromkeys(cfg.methods)  # listed in the config's order, whatever order they train in
     for method in run_order(cfg, cfg.methods):
         models[method], res = train_method(cfg, task, system, tw.twin if tw else None, method, out / method, progress,
                                            resume, init_from=_start(cfg, method, models))
         results["methods"][method] = {**res.summary(), "confusion": res.confusion}
-        if method == "pat" and cfg.training.pat_init != "fresh":
-            results["methods"][method]["init"] = cfg.training.pat_init
+        init = init_label(cfg, method)
+        if init:
+            results["methods"][method]["init"] = init
         histories[method] = res.history
     results["experiment"] = {
         "name": cfg.name,
@@ -359,6 +372,14 @@ def run_order(cfg: ExperimentConfig, methods: list[str]) -> list[str]:
         i = rest.index("pat")
         return rest[:i] + ["in_silico"] + rest[i:]
     return list(methods)
+
+
+def init_label(cfg: ExperimentConfig, method: str) -> str | None:
+    """What ``method`` started from, for ``results.json``: ``"in_silico"`` (``training.pat_init``), the
+    ``training.init_weights`` file, or None for the seeded initial weights."""
+    if method == "pat" and cfg.training.pat_init == "in_silico":
+        return "in_silico"
+    return cfg.training.init_weights
 
 
 def _start(cfg: ExperimentConfig, method: str, trained: dict[str, torch.nn.Module]) -> torch.nn.Module | None:
