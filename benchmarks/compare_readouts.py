@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import sys
 import time
 from pathlib import Path
 
 import torch
-from scipy.stats import binomtest
 
+from pnnkit.bench.common import format_paired, paired_comparison
 from pnnkit.checkpoint import load_checkpoint
 from pnnkit.errors import ConfigError, PnnkitError
 from pnnkit.experiments import rebuild_run
@@ -66,18 +65,12 @@ def main() -> None:
         feats = torch.cat([body(task.x_test[i : i + 512]) for i in range(0, len(task.x_test), 512)])
         right_a = readout_a(feats).argmax(1) == task.y_test
         right_b = readout_b(feats).argmax(1) == task.y_test
-    n = len(task.y_test)
-    only_a, only_b = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
-    print(f"{n} evaluation images ({split}), measured once on the lab in {time.perf_counter() - t0:.0f} s "
+    c = paired_comparison(right_a, right_b)
+    print(f"{c['n']} evaluation images ({split}), measured once on the lab in {time.perf_counter() - t0:.0f} s "
           f"({lab.queries} device queries)")
-    print(f"A {args.a}: accuracy {float(right_a.float().mean()):.4f}")
-    print(f"B {args.b}: accuracy {float(right_b.float().mean()):.4f}")
-    print(f"both right {int((right_a & right_b).sum())}, only A {only_a}, only B {only_b}, "
-          f"both wrong {int((~right_a & ~right_b).sum())}")
-    d = only_a + only_b
-    p = binomtest(only_b, d, 0.5).pvalue if d else 1.0
-    print(f"B − A: {(only_b - only_a) / n * 100:+.2f} points, paired SE ≈ √(only A + only B)/n = "
-          f"{math.sqrt(d) / n * 100:.2f} points, McNemar exact p = {p:.3g}")
+    print(f"A {args.a}: accuracy {c['accuracy_a']:.4f}")
+    print(f"B {args.b}: accuracy {c['accuracy_b']:.4f}")
+    print(format_paired(c))
 
 
 if __name__ == "__main__":

@@ -226,3 +226,30 @@ def bench_lab(name: str, *, dtype: torch.dtype = torch.float32, **options: Any):
     twin = lab.ideal_twin()  # not .to(dtype): the SHG twin keeps complex buffers and casts at its forward
     twin.eval().requires_grad_(False)
     return lab, twin
+
+
+def paired_comparison(right_a: Sequence[bool] | torch.Tensor, right_b: Sequence[bool] | torch.Tensor) -> dict[str, Any]:
+    """Two classifiers scored on the same items: accuracies, the discordant counts, B − A in points, its paired SE
+    √(only A + only B)/n and McNemar's exact two-sided p (``scipy.stats.binomtest`` on the discordant items)."""
+    from scipy.stats import binomtest
+
+    a, b = torch.as_tensor(right_a, dtype=torch.bool), torch.as_tensor(right_b, dtype=torch.bool)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"paired_comparison needs two equal non-empty 1-D records, got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
+    n = len(a)
+    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
+    d = only_a + only_b
+    return {
+        "n": n, "accuracy_a": float(a.float().mean()), "accuracy_b": float(b.float().mean()),
+        "both_right": int((a & b).sum()), "only_a": only_a, "only_b": only_b, "both_wrong": int((~a & ~b).sum()),
+        "b_minus_a_points": (only_b - only_a) / n * 100, "paired_se_points": d**0.5 / n * 100,
+        "mcnemar_p": binomtest(only_b, d, 0.5).pvalue if d else 1.0,
+    }
+
+
+def format_paired(c: dict[str, Any]) -> str:
+    """The lines :func:`paired_comparison`'s record prints as."""
+    return (f"both right {c['both_right']}, only A {c['only_a']}, only B {c['only_b']}, both wrong {c['both_wrong']}\n"
+            f"B − A: {c['b_minus_a_points']:+.2f} points, paired SE ≈ √(only A + only B)/n = "
+            f"{c['paired_se_points']:.2f} points, McNemar exact p = {c['mcnemar_p']:.3g}")
