@@ -9,19 +9,19 @@ last physical layer, measured on the run's lab (``--mode in_silico``: on its twi
   B  the penalty chosen from ``--grid`` by ``--folds``-fold stratified cross-validation on the same training
      features (:func:`select_l2`: each value fitted on the other folds from the checkpoint's readout, at most
      ``--cv-max-iter`` L-BFGS iterations, scored by held-out cross-entropy), then the same fit on all of them.
-Both classify the same evaluation features.
+Both classify the same evaluation features. Prints the cross-validation table, both accuracies and McNemar's exact
+test (``pnnkit.bench.common.paired_comparison``); ``--json`` writes them with the per-image record. ``--pool A.json
+B.json …`` pools saved records of one split and mode instead (discordant images summed over networks).
 
-Caveat, found with this script (docs/experiments/mnist.md, round 19): pnnkit's refit penalty pulls toward the
-readout before the fit, p₀, and a trained network's p₀ was fitted on all the training images, the held-out folds
-included. The cross-validation table is then optimistic and favours large penalties (p₀ has seen the held-out
-labels); that is why this selector stays a study tool and is not a training option. Prints the cross-validation table, both accuracies and McNemar's
-exact test (``pnnkit.bench.common.paired_comparison``); ``--json`` writes them with the per-image record.
-``--pool A.json B.json …`` pools saved records instead (discordant images summed over networks).
+Caveat, found with this script (docs/experiments/mnist.md, round 19): the cross-validation table is optimistic. pnnkit's
+refit penalty pulls toward the readout before the fit, p₀, and each fold's fit also starts from p₀ with a capped
+number of iterations; a trained network's p₀ (and its θ) were fitted on all the training images, held-out folds
+included. On the electronic networks it favoured the largest penalty, which kept B close to p₀, and the held-out
+gain did not appear on validation images. That is why this selector stays a study tool, not a training option.
 
 Usage: PNNKIT_DATA_DIR=... .venv/bin/python benchmarks/refit_penalty_study.py RUN_DIR [--method pat]
        [--checkpoint checkpoint_before_readout_refit] [--grid 0 1e-5 1e-4 1e-3 1e-2] [--folds 3]
-       [--cv-max-iter 100]
-       [--workers 2] [--mode physical] [--json OUT.json]
+       [--cv-max-iter 100] [--max-iter 500] [--workers 2] [--mode physical] [--json OUT.json]
        .venv/bin/python benchmarks/refit_penalty_study.py --pool A.json B.json ...
 """
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import sys
 import time
@@ -56,10 +57,8 @@ def select_l2(
 ) -> tuple[float, list[dict[str, float]]]:
     """The penalty of ``fit_readout`` with the smallest mean held-out cross-entropy over ``folds`` stratified folds
     (the first such in ``grid`` on a tie), and per value the mean held-out cross-entropy and accuracy. Each value is
-    fitted on the other folds from a copy of ``readout``; the fits run in threads, one per CPU (each is
-    deterministic, and the sums are taken in job order)."""
-    if not grid or any(not (v >= 0) for v in grid):
-        raise SystemExit(f"refit_penalty_study: --grid needs penalties ≥ 0, got {grid}")
+    fitted on the other folds from a copy of ``readout`` (at most ``max_iter`` iterations); the fits run in threads,
+    one per usable CPU (each is deterministic, and the sums are taken in job order)."""
     splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(feats[:, :1].numpy(), y.numpy())
     jobs = [(torch.as_tensor(tr), torch.as_tensor(ho), i) for tr, ho in splits for i in range(len(grid))]
 
@@ -71,7 +70,8 @@ def select_l2(
             logits = r(feats[ho])
         return i, float(F.cross_entropy(logits, y[ho], reduction="sum")), float((logits.argmax(1) == y[ho]).sum())
 
-    with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, len(jobs))) as pool:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=min(cpus, len(jobs))) as pool:
         scores = list(pool.map(held_out, jobs))
     loss, right = [0.0] * len(grid), [0.0] * len(grid)
     for i, lo, ri in scores:
@@ -81,8 +81,17 @@ def select_l2(
     return float(grid[best]), [{"l2": float(v), "cv_loss": a, "cv_accuracy": b} for v, a, b in zip(grid, loss, right)]
 
 
+def _split(rec: dict) -> str:  # records written before the label was shortened hold the task's description
+    return "validation" if "validation" in str(rec["split"]) else "test"
+
+
 def pool(paths: list[Path]) -> None:
+    if len(set(p.resolve() for p in paths)) < len(paths):
+        raise SystemExit("refit_penalty_study: --pool was given the same record twice")
     recs = [json.loads(p.read_text()) for p in paths]
+    kinds = {(_split(r), r["mode"]) for r in recs}
+    if len(kinds) > 1:
+        raise SystemExit(f"refit_penalty_study: --pool needs records of one split and mode, got {sorted(kinds)}")
     right_a = [r for rec in recs for r in rec["right_a"]]
     right_b = [r for rec in recs for r in rec["right_b"]]
     for p, rec in zip(paths, recs):
@@ -90,7 +99,8 @@ def pool(paths: list[Path]) -> None:
         print(f"{p}: n {c['n']}, A {c['accuracy_a']:.4f}, B {c['accuracy_b']:.4f} (l2 {rec['l2_b']:g}), "
               f"only A {c['only_a']}, only B {c['only_b']}")
     c = paired_comparison(right_a, right_b)
-    print(f"pooled, {c['n']} images: A {c['accuracy_a']:.4f}, B {c['accuracy_b']:.4f}")
+    print(f"pooled, {c['n']} images ({_split(recs[0])}, {recs[0]['mode']}): A {c['accuracy_a']:.4f}, "
+          f"B {c['accuracy_b']:.4f}, B right on {c['only_b'] - c['only_a']:+d} more images than A")
     print(format_paired(c))
 
 
@@ -114,12 +124,19 @@ def main() -> None:
         return pool(args.pool)
     if args.run_dir is None:
         ap.error("give RUN_DIR, or --pool with saved records")
+    if not args.grid or not all(math.isfinite(v) and v >= 0 for v in args.grid):
+        ap.error(f"--grid needs finite penalties ≥ 0, got {args.grid}")
+    if args.folds < 2 or args.cv_max_iter < 1 or args.max_iter < 1:
+        ap.error("--folds must be ≥ 2, --cv-max-iter and --max-iter ≥ 1")
     torch.set_num_threads(1)
     cfg, task, lab, model = rebuild_run(args.run_dir, args.workers)
     p = Path(args.checkpoint)
     ckpt = p if len(p.parts) > 1 else args.run_dir / args.method / args.checkpoint
     model.load_state_dict(load_checkpoint(ckpt)["model"])
     model.eval()
+    smallest = int(torch.bincount(task.y_train).min())
+    if args.folds > smallest:
+        ap.error(f"--folds {args.folds} exceeds the smallest class's {smallest} training images")
     body, readout = split_readout(model)
     split = "validation" if "validation" in str(task.meta.get("split", "")) else "test"
     t0 = time.perf_counter()
@@ -137,7 +154,8 @@ def main() -> None:
     t_cv = time.perf_counter() - t0
     b = copy.deepcopy(readout)
     info_b = fit_readout(b, f_train, task.y_train, l2_b, args.max_iter)
-    print(f"cross-validation ({args.folds} folds, ≤ {args.cv_max_iter} iterations per fit, {t_cv:.0f} s): " + ", ".join(
+    print(f"cross-validation ({args.folds} folds, seed {cfg.seed}, ≤ {args.cv_max_iter} iterations per fit, "
+          f"{t_cv:.0f} s): " + ", ".join(
         f"l2 {r['l2']:g}: loss {r['cv_loss']:.4f} acc {r['cv_accuracy']:.4f}" for r in table))
     with torch.no_grad():
         right_a = (a(f_eval).argmax(1) == task.y_test).tolist()
@@ -150,7 +168,8 @@ def main() -> None:
     print(format_paired(c))
     if args.json:
         rec = {"run_dir": str(args.run_dir), "checkpoint": str(ckpt), "mode": args.mode, "split": split,
-               "l2_a": l2_a, "l2_b": l2_b, "cv": table, "folds": args.folds, "cv_max_iter": args.cv_max_iter, "cv_seconds": t_cv,
+               "l2_a": l2_a, "l2_b": l2_b, "cv": table, "folds": args.folds, "cv_seed": cfg.seed,
+               "cv_max_iter": args.cv_max_iter, "max_iter": args.max_iter, "cv_seconds": t_cv,
                "fit_a": info_a, "fit_b": info_b, "comparison": c, "right_a": right_a, "right_b": right_b,
                "machine": machine_info(1)}
         args.json.write_text(json.dumps(rec, indent=1))

@@ -210,15 +210,18 @@ def test_bench_queries_keeps_its_results_when_the_plot_cannot_be_written(tmp_pat
 def test_paired_comparison_counts_discordant_items_and_tests_them():
     from pnnkit.bench.common import format_paired, paired_comparison
 
-    # 10 items: both right 5, only A right 1, only B right 3, both wrong 1
-    a = [1, 1, 1, 1, 1, 1, 0, 0, 0, 0]
-    b = [1, 1, 1, 1, 1, 0, 1, 1, 1, 0]
+    # 10 items: both right 4, only A right 1, only B right 4, both wrong 1
+    a = [1, 1, 1, 1, 1, 0, 0, 0, 0, 0]
+    b = [1, 1, 1, 1, 0, 1, 1, 1, 1, 0]
     c = paired_comparison([bool(v) for v in a], [bool(v) for v in b])
-    assert (c["both_right"], c["only_a"], c["only_b"], c["both_wrong"]) == (5, 1, 3, 1)
-    assert c["accuracy_a"] == pytest.approx(0.6) and c["accuracy_b"] == pytest.approx(0.8)
-    assert c["b_minus_a_points"] == pytest.approx(20.0) and c["paired_se_points"] == pytest.approx(20.0)
-    assert c["mcnemar_p"] == pytest.approx(0.625)  # exact two-sided binomial: P(≤1 or ≥3 of 4) = 10/16
-    assert "only B 3" in format_paired(c)
+    assert (c["both_right"], c["only_a"], c["only_b"], c["both_wrong"]) == (4, 1, 4, 1)
+    assert c["accuracy_a"] == pytest.approx(0.5) and c["accuracy_b"] == pytest.approx(0.8)
+    assert c["b_minus_a_points"] == pytest.approx(30.0)
+    assert c["paired_se_points"] == pytest.approx(math.sqrt(5) * 10)
+    assert c["mcnemar_p"] == pytest.approx(12 / 32)  # exact two-sided binomial: P(≤ 1 or ≥ 4 of 5) = 12/32
+    assert format_paired(c) == ("both right 4, only A 1, only B 4, both wrong 1\n"
+                                "B − A: +30.00 points, paired SE ≈ √(only A + only B)/n = 22.36 points, "
+                                "McNemar exact p = 0.375")
     assert paired_comparison([True], [True])["mcnemar_p"] == 1.0
     with pytest.raises(ValueError, match="equal non-empty"):
         paired_comparison([True, False], [True])
