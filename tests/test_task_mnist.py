@@ -101,6 +101,14 @@ def test_validation_holds_out_training_images_and_never_loads_the_test_split(mon
     assert "validation" in v.meta["split"]
     with pytest.raises(ConfigError, match="validation must be in"):
         load_task("mnist", validation=5)
+    # another validation seed: other held-out images, from the same 8,000 training images (the test split unchanged)
+    w = load_task("mnist", validation=1000, validation_seed=1)
+    assert w.x_train.shape == (7000, 784) and rows(w.x_test) <= train_rows and not rows(w.x_test) & test_rows
+    assert len(rows(w.x_test) & rows(v.x_test)) < 300  # ≈ 1,000 · 1,000/8,000 = 125 shared by chance
+    assert "validation, seed 1" in w.meta["split"] and "t10k set (seed 0)" in w.meta["split"]
+    assert torch.equal(load_task("mnist", validation=1000, validation_seed=0).x_test, v.x_test)  # default: seed
+    with pytest.raises(ConfigError, match="validation_seed needs validation"):
+        load_task("mnist", validation_seed=1)
 
 
 # --- synthetic IDX files -------------------------------------------------------------------------------------

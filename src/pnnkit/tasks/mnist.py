@@ -10,7 +10,9 @@
   28, e.g. 14 → 196 features); 28 keeps the full 784. ``n_train`` / ``n_test`` take seeded stratified subsets.
 * ``validation=n`` holds out a seeded stratified ``n`` of the *training* images and returns them as the task's
   evaluation set (the test images are not in the returned task): for choosing a design or hyperparameters without looking at
-  the test set. ``n_train`` then subsets the remaining training images.
+  the test set. ``n_train`` then subsets the remaining training images. ``validation_seed`` draws that held-out set
+  with its own seed (default: ``seed``) while the train / test split stays the one ``seed`` gives: a fresh
+  validation set for a new design study, the test images still untouched.
 
 Features are pixel / 255 in [0, 1] (float32, row-major d×d), labels int64 0–9.
 """
@@ -128,10 +130,11 @@ def load_mnist(
     seed: int = 0,
     test_size: int | None = None,
     validation: int | None = None,
+    validation_seed: int | None = None,
 ) -> ClassificationTask:
     """MNIST as a :class:`ClassificationTask` (see the module docstring). ``test_size``: held-out images when only
     the 10k test pair is present (default 20 %: 2,000 → 8,000/2,000). ``validation``: evaluate on that many
-    held-out training images instead of the test set."""
+    held-out training images instead of the test set, drawn with ``validation_seed`` (default ``seed``)."""
     if not 1 <= int(downsample) <= SIDE:
         raise ConfigError(f"mnist: downsample must be in 1…{SIDE}, got {downsample}")
     downsample = int(downsample)
@@ -165,9 +168,12 @@ def load_mnist(
             raise ConfigError(
                 f"mnist: validation must be in {n_cls}…{len(ytr) - n_cls} for {len(ytr)} training images, got {validation}"
             )
-        tr, va = stratified_split(ytr, validation, seed)
+        vseed = seed if validation_seed is None else int(validation_seed)
+        tr, va = stratified_split(ytr, validation, vseed)
         xtr, ytr, xte, yte = xtr[tr], ytr[tr], xtr[va], ytr[va]
-        split += f"; evaluation on {len(va)} held-out training images (validation, seed {seed}), test set unused"
+        split += f"; evaluation on {len(va)} held-out training images (validation, seed {vseed}), test set unused"
+    elif validation_seed is not None:
+        raise ConfigError("mnist: validation_seed needs validation (the number of held-out training images)")
     itr, ite = _subset(ytr, n_train, seed, "n_train"), _subset(yte, n_test, seed, "n_test")
     xtr, ytr, xte, yte = xtr[itr], ytr[itr], xte[ite], yte[ite]
     return ClassificationTask(
