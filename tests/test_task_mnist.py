@@ -109,6 +109,8 @@ def test_validation_holds_out_training_images_and_never_loads_the_test_split(mon
     assert torch.equal(load_task("mnist", validation=1000, validation_seed=0).x_test, v.x_test)  # default: seed
     with pytest.raises(ConfigError, match="validation_seed needs validation"):
         load_task("mnist", validation_seed=1)
+    with pytest.raises(ConfigError, match="validation_seed must be in"):
+        load_task("mnist", validation=1000, validation_seed=-1)
 
 
 # --- synthetic IDX files -------------------------------------------------------------------------------------

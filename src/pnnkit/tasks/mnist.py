@@ -169,6 +169,8 @@ def load_mnist(
                 f"mnist: validation must be in {n_cls}…{len(ytr) - n_cls} for {len(ytr)} training images, got {validation}"
             )
         vseed = seed if validation_seed is None else int(validation_seed)
+        if not 0 <= vseed < 2**32:
+            raise ConfigError(f"mnist: validation_seed must be in 0 … 2**32 − 1, got {vseed}")
         tr, va = stratified_split(ytr, validation, vseed)
         xtr, ytr, xte, yte = xtr[tr], ytr[tr], xtr[va], ytr[va]
         split += f"; evaluation on {len(va)} held-out training images (validation, seed {vseed}), test set unused"
