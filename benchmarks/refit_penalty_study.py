@@ -113,7 +113,7 @@ def main() -> None:
     ap.add_argument("--grid", type=float, nargs="+", default=GRID)
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--cv-max-iter", type=int, default=100, help="L-BFGS iterations at most per cross-validation fit")
-    ap.add_argument("--max-iter", type=int, default=500, help="... per final fit (A and B)")
+    ap.add_argument("--max-iter", type=int, default=500, help="L-BFGS iterations at most per final fit (A and B)")
     ap.add_argument("--workers", type=int, default=None, help="ngspice workers (default: the config's)")
     ap.add_argument("--mode", choices=["physical", "in_silico"], default="physical",
                     help="measure the features on the lab (default) or take them from the run's twin")
@@ -128,6 +128,8 @@ def main() -> None:
         ap.error(f"--grid needs finite penalties ≥ 0, got {args.grid}")
     if args.folds < 2 or args.cv_max_iter < 1 or args.max_iter < 1:
         ap.error("--folds must be ≥ 2, --cv-max-iter and --max-iter ≥ 1")
+    if args.json and not args.json.parent.is_dir():  # checked before anything is measured
+        ap.error(f"--json {args.json}: its folder does not exist")
     torch.set_num_threads(1)
     cfg, task, lab, model = rebuild_run(args.run_dir, args.workers)
     p = Path(args.checkpoint)
