@@ -81,15 +81,16 @@ def select_l2(
     return float(grid[best]), [{"l2": float(v), "cv_loss": a, "cv_accuracy": b} for v, a, b in zip(grid, loss, right)]
 
 
-def _split(rec: dict) -> str:  # records written before the label was shortened hold the task's description
-    return "validation" if "validation" in str(rec["split"]) else "test"
+def _split(description: object) -> str:
+    """"validation" or "test" from a task's split description (older records hold the whole description)."""
+    return "validation" if "validation" in str(description) else "test"
 
 
 def pool(paths: list[Path]) -> None:
     if len(set(p.resolve() for p in paths)) < len(paths):
         raise SystemExit("refit_penalty_study: --pool was given the same record twice")
     recs = [json.loads(p.read_text()) for p in paths]
-    kinds = {(_split(r), r["mode"]) for r in recs}
+    kinds = {(_split(r["split"]), r["mode"]) for r in recs}
     if len(kinds) > 1:
         raise SystemExit(f"refit_penalty_study: --pool needs records of one split and mode, got {sorted(kinds)}")
     right_a = [r for rec in recs for r in rec["right_a"]]
@@ -99,7 +100,7 @@ def pool(paths: list[Path]) -> None:
         print(f"{p}: n {c['n']}, A {c['accuracy_a']:.4f}, B {c['accuracy_b']:.4f} (l2 {rec['l2_b']:g}), "
               f"only A {c['only_a']}, only B {c['only_b']}")
     c = paired_comparison(right_a, right_b)
-    print(f"pooled, {c['n']} images ({_split(recs[0])}, {recs[0]['mode']}): A {c['accuracy_a']:.4f}, "
+    print(f"pooled, {c['n']} images ({_split(recs[0]['split'])}, {recs[0]['mode']}): A {c['accuracy_a']:.4f}, "
           f"B {c['accuracy_b']:.4f}, B right on {c['only_b'] - c['only_a']:+d} more images than A")
     print(format_paired(c))
 
@@ -140,7 +141,7 @@ def main() -> None:
     if args.folds > smallest:
         ap.error(f"--folds {args.folds} exceeds the smallest class's {smallest} training images")
     body, readout = split_readout(model)
-    split = "validation" if "validation" in str(task.meta.get("split", "")) else "test"
+    split = _split(task.meta.get("split", ""))
     t0 = time.perf_counter()
     with torch.no_grad(), using_mode(model, args.mode):
         f_train = torch.cat([body(task.x_train[i : i + 512]) for i in range(0, len(task.x_train), 512)])
