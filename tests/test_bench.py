@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pnnkit.cli import app
+from pnnkit.provenance import source_revision
 
 BENCHMARKS = ("overhead", "latency", "queries", "labs", "scaling")
 
@@ -20,6 +21,7 @@ def _check_contract(res: dict, name: str) -> None:
     m = res["machine"]
     for key in ("cpu", "cpu_capability", "cores", "torch", "torch_threads", "load_average_start", "loaded", "date"):
         assert key in m, key
+    assert m["source"] == source_revision()  # the code's commit (None outside a git checkout)
     assert len(m["load_average_start"]) == 3
     assert isinstance(res["rows"], list) and res["rows"]
     assert all(isinstance(r, dict) and r for r in res["rows"])

@@ -15,6 +15,7 @@ from helpers import tiny_config
 from pnnkit.cli import app, demo_config_text
 from pnnkit.config import load_config, validate_config
 from pnnkit.machine import NUMERICS_ENV
+from pnnkit.provenance import versions
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +47,8 @@ def test_run_writes_results_in_the_schema(tiny_run):
     assert r["methods"]["in_silico"]["physical_queries"] == 0
     assert r["methods"]["pat"]["physical_queries"] == 2 * 2 * (1797 - 200)  # 2 layers × 2 epochs × samples
     assert r["twin"]["train_samples"] > 0 and r["twin"]["val_nrmse"] > 0
-    assert set(r["versions"]) == {"pnnkit", "torch", "python"}
+    assert set(r["versions"]) - {"source"} == {"pnnkit", "torch", "python"}
+    assert r["versions"] == versions()  # with "source", the checkout's commit, when run from a git checkout
     assert set(r["machine"]) == {"cpu", "cpu_capability", "cores", "torch_threads", "platform", "env"}
     assert r["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert r["machine"]["env"] == {k: os.environ[k] for k in NUMERICS_ENV if k in os.environ}

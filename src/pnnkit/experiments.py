@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import time
 from collections.abc import Iterator
@@ -14,7 +13,6 @@ from typing import Any
 
 import torch
 
-from . import __version__
 from .checkpoint import load_weights, save_weights
 from .config import DigitalBaselineConfig, ExperimentConfig, LabConfig, TwinConfig, validate_config
 from .errors import ConfigError, DataError, PnnkitError
@@ -22,6 +20,7 @@ from .labs import make_lab
 from .machine import machine_summary
 from .measurements import MeasurementLog, MeasurementSet, acquire, keep_existing
 from .networks import LinearBlock, NetworkConfig, ParallelBlock, PhysicalBlock, build_network, count_digital_parameters
+from .provenance import versions
 from .system import PhysicalSystem
 from .tasks import ClassificationTask, load_task
 from .training import TrainConfig, Trainer, TrainResult, augmentation
@@ -165,10 +164,6 @@ def rebuild_run(
     lab = build_lab(cfg.lab)
     twin = DigitalTwin.load(cfg.twin.path or run_dir / "twin.safetensors", lab.spec).requires_grad_(False)
     return cfg, task, lab, build_network(cfg.network, task.n_features, task.n_classes, lab, twin, seed=cfg.seed)
-
-
-def versions() -> dict[str, str]:
-    return {"pnnkit": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
 def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:

@@ -16,13 +16,15 @@ from typing import Any
 import torch
 
 from ..machine import machine_summary
+from ..provenance import source_revision
 
 #: 1-minute load average above which timings are flagged as taken under load.
 LOAD_WARN = 1.5
 
 
 def machine_info(threads: int | None = None) -> dict[str, Any]:
-    """CPU, cores, torch version, threads, load average at start (and a flag when the machine is loaded)."""
+    """CPU, cores, torch version, threads, load average at start (and a flag when the machine is loaded), and the
+    code's commit (``source``: :func:`pnnkit.provenance.source_revision`, None outside a git checkout)."""
     try:
         load = list(os.getloadavg())
     except OSError:  # pragma: no cover
@@ -32,6 +34,7 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
         "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "source": source_revision(),
         "load_average_start": [round(v, 2) for v in load],
         "loaded": bool(load[0] > LOAD_WARN),
         "load_note": (f"1-min load {load[0]:.2f} > {LOAD_WARN}: the machine was shared during this run; "
