@@ -72,7 +72,59 @@ def test_retain_freed_memory_passes_the_thresholds_in_bytes(monkeypatch):
     monkeypatch.setattr(allocator, "_glibc_mallopt", lambda: (lambda param, value: calls.append((param, value)) or 1))
     monkeypatch.setattr(allocator, "_state", {"applied": False, "reason": "not requested"})
     assert allocator.retain_freed_memory() is True
-    assert sorted(calls) == sorted([(-3, 32 * 2**20), (-1, 128 * 2**20)])  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, and M_MMAP_MAX = 0: blocks above the threshold come from the heap too
+    assert sorted(calls) == sorted([(-3, 32 * 2**20), (-1, 128 * 2**20), (-4, 0)])
+    assert allocator.allocator_state()["large_blocks_on_heap"] is True
     calls.clear()
-    allocator.retain_freed_memory(trim_threshold_mb=64, mmap_threshold_mb=16)
+    allocator.retain_freed_memory(trim_threshold_mb=64, mmap_threshold_mb=16, large_blocks_on_heap=False)
     assert sorted(calls) == sorted([(-3, 16 * 2**20), (-1, 64 * 2**20)])
+    assert allocator.allocator_state()["large_blocks_on_heap"] is False
+
+
+@glibc
+def test_training_and_readout_fits_apply_it_too(fresh):
+    from torch import nn
+
+    from pnnkit.training import fit_readout
+
+    fit_readout(nn.Linear(3, 2), torch.randn(8, 3), torch.tensor([0, 1] * 4), max_iter=2)
+    assert allocator.allocator_state()["applied"] is True
+
+
+_FIT_SCRIPT = """
+import hashlib, sys, torch
+from torch import nn
+from pnnkit import allocator
+from pnnkit.layers import ElementwiseRescale, Pool
+from pnnkit.training import fit_readout
+torch.set_num_threads(1)
+g = torch.Generator().manual_seed(0)
+feats = torch.randn(4000, 2200, generator=g)  # 35.2 MB: above glibc's largest mmap threshold (32 MiB)
+y = torch.randint(0, 10, (4000,), generator=g)
+ro = nn.Sequential(ElementwiseRescale(2200), ElementwiseRescale(2200), Pool(10, "interleaved"), ElementwiseRescale(10))
+info = fit_readout(ro, feats, y, 0.0, 3)
+h = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in ro.parameters())).hexdigest()
+print(allocator.allocator_state().get("large_blocks_on_heap"), info["train_loss_after"], h)
+"""
+
+
+@glibc
+def test_keeping_large_blocks_changes_no_result(tmp_path):
+    """A readout fit whose full-batch tensors exceed 32 MiB, with the heap policy off and on (separate processes:
+    it is process-wide): the same loss and parameters to the last bit."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "fit.py"
+    script.write_text(_FIT_SCRIPT)
+    outs = {}
+    for off in ("0", ""):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+        env["PNNKIT_RETAIN_HEAP"] = off
+        env["OMP_NUM_THREADS"] = "1"
+        r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        outs[off] = r.stdout.split()
+    assert outs["0"][0] == "None" and outs[""][0] == "True"  # off: never applied; on: large blocks kept
+    assert outs["0"][1:] == outs[""][1:]

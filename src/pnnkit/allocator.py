@@ -11,13 +11,20 @@ and about half of the step's CPU time (27 ms → 13 ms with the memory kept); th
 128–256, and it depends on the history of the process (what was freed before), which made step timings noisy.
 
 :func:`retain_freed_memory` sets ``M_MMAP_THRESHOLD`` to 32 MiB (the value the dynamic scheme reaches anyway, at
-most; blocks above it are still mapped and unmapped individually) and ``M_TRIM_THRESHOLD`` to 128 MiB by default:
-up to that much free memory stays with the process for the next step — the CPU analogue of torch's GPU caching
-allocator. :func:`pat_forward <pnnkit.pat.pat_forward>` applies it once per process, on its first call, unless
+most) and ``M_TRIM_THRESHOLD`` to 128 MiB by default: up to that much free memory stays with the process for the
+next step — the CPU analogue of torch's GPU caching allocator. Blocks above the mmap threshold would still be mapped
+and unmapped one by one (glibc allows no threshold above 32 MiB on 64-bit systems), so by default it also sets
+``M_MMAP_MAX`` to 0: large blocks come from the heap as well and are reused like the others. That matters for the
+readout refits (:func:`fit_readout <pnnkit.training.fit_readout>`), whose full-batch tensors are often larger: with
+8,000 × 1,168 float32 features (37 MB; the electronic MNIST config) one L-BFGS evaluation took 0.33–0.35 s with them
+mapped anew each time and 0.18 s with them kept, the same loss to the last bit (2-core AMD EPYC, one thread; session
+20's `/tmp/s20/rt2.py`, not in the repository). The cost: memory freed in the middle of the heap stays with the
+process (peak RSS of that probe: 620 → 727 MB). :func:`pat_forward <pnnkit.pat.pat_forward>`, :meth:`Trainer.train <pnnkit.training.Trainer.train>` and
+:func:`fit_readout <pnnkit.training.fit_readout>` apply it once per process, on the first call of any, unless
 
 * the environment variable ``PNNKIT_RETAIN_HEAP`` is ``0`` / ``false`` / ``no`` / ``off``;
-* the user already tuned malloc (``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TOP_PAD_``,
-  or ``glibc.malloc.*`` in ``GLIBC_TUNABLES``) or preloads another allocator (jemalloc, tcmalloc, mimalloc);
+* the user already tuned malloc (``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_MMAP_MAX_``,
+  ``MALLOC_TOP_PAD_``, or ``glibc.malloc.*`` in ``GLIBC_TUNABLES``) or preloads another allocator (jemalloc, tcmalloc, mimalloc);
 * the C library is not glibc (macOS, Windows, musl): then nothing happens.
 
 It changes no result — only where freed memory waits until it is reused.
@@ -33,13 +40,14 @@ from typing import Any
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
 
 #: defaults of :func:`retain_freed_memory`
 TRIM_THRESHOLD_MB = 128
 MMAP_THRESHOLD_MB = 32  # glibc's upper limit for M_MMAP_THRESHOLD on 64-bit systems
 
 _ENV_OFF = ("0", "false", "no", "off")
-_USER_MALLOC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
+_USER_MALLOC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_", "MALLOC_TOP_PAD_")
 _OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 
 _lock = threading.Lock()
@@ -58,8 +66,10 @@ def _glibc_mallopt():
     return fn
 
 
-def retain_freed_memory(trim_threshold_mb: int = TRIM_THRESHOLD_MB, mmap_threshold_mb: int = MMAP_THRESHOLD_MB) -> bool:
-    """Let glibc keep up to ``trim_threshold_mb`` MiB of freed heap memory for reuse (see the module docstring).
+def retain_freed_memory(trim_threshold_mb: int = TRIM_THRESHOLD_MB, mmap_threshold_mb: int = MMAP_THRESHOLD_MB,
+                        large_blocks_on_heap: bool = True) -> bool:
+    """Let glibc keep up to ``trim_threshold_mb`` MiB of freed heap memory for reuse (see the module docstring);
+    ``large_blocks_on_heap``: blocks above ``mmap_threshold_mb`` MiB too (``M_MMAP_MAX`` = 0), not mapped one by one.
 
     Process-wide; returns True when applied, False where the C library is not glibc or refused the values.
     """
@@ -70,8 +80,11 @@ def retain_freed_memory(trim_threshold_mb: int = TRIM_THRESHOLD_MB, mmap_thresho
             return False
         ok = bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold_mb) << 20))
         ok = bool(mallopt(_M_TRIM_THRESHOLD, int(trim_threshold_mb) << 20)) and ok
+        if large_blocks_on_heap:
+            ok = bool(mallopt(_M_MMAP_MAX, 0)) and ok
         _state.update(applied=ok, reason="" if ok else "mallopt refused the values",
-                      trim_threshold_mb=int(trim_threshold_mb), mmap_threshold_mb=int(mmap_threshold_mb))
+                      trim_threshold_mb=int(trim_threshold_mb), mmap_threshold_mb=int(mmap_threshold_mb),
+                      large_blocks_on_heap=bool(large_blocks_on_heap))
         return ok
 
 

@@ -156,6 +156,10 @@ class DigitalBaselineConfig(_Strict):
     hidden: list[Width] = [32]
     epochs: int | None = Field(None, gt=0, description="default: training.epochs")
     lr: float | None = Field(None, gt=0, description="default: training.lr")
+    background: bool | None = Field(
+        None, description="train it in a separate process (one torch thread) while the methods train, instead of "
+        "after them; the same result either way (with one torch thread in the run). Default: when this process may "
+        "use 2 or more CPUs")
 
 
 class ExperimentConfig(_Strict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .background import BackgroundJob
 from .checkpoint import load_weights, save_weights
 from .config import DigitalBaselineConfig, ExperimentConfig, LabConfig, TwinConfig, validate_config
 from .errors import ConfigError, DataError, PnnkitError
@@ -290,6 +292,39 @@ def run_experiment(
 
 def _run(cfg: ExperimentConfig, out: Path, task: ClassificationTask, system: PhysicalSystem, n_digital: int,
          progress: bool, resume: bool) -> dict[str, Any]:
+    baseline = None
+    if cfg.digital_baseline is not None and baseline_in_background(cfg.digital_baseline):
+        baseline = BackgroundJob(_baseline_job, cfg.model_dump_json(), name="pnnkit-digital-baseline")
+    try:
+        return _run_methods(cfg, out, task, system, n_digital, progress, resume, baseline)
+    finally:
+        if baseline is not None:
+            baseline.cancel()  # only if the run failed before taking its result
+
+
+def baseline_in_background(b: DigitalBaselineConfig) -> bool:
+    """Whether the digital baseline trains in its own process, beside the methods (``background``; by default
+    when this process may use 2 or more CPUs)."""
+    if b.background is not None:
+        return b.background
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return cpus >= 2
+
+
+def _baseline_job(cfg_json: str) -> dict[str, Any]:
+    """The digital baseline of a config, in a background process: the task rebuilt from the config, as the run
+    built it."""
+    cfg = ExperimentConfig.model_validate_json(cfg_json)
+    if cfg.digital_baseline is None:
+        raise ConfigError("the background digital baseline was started for a config without digital_baseline")
+    return digital_baseline(cfg, load_task(cfg.task.name, **cfg.task.options), cfg.digital_baseline)
+
+
+def _run_methods(cfg: ExperimentConfig, out: Path, task: ClassificationTask, system: PhysicalSystem, n_digital: int,
+                 progress: bool, resume: bool, baseline: BackgroundJob | None) -> dict[str, Any]:
     needs_twin = any(m in ("pat", "in_silico") for m in cfg.methods)
     tw = make_twin(system, twin_to_use(cfg.twin, out, resume), out, progress) if needs_twin else None
     results: dict[str, Any] = {
@@ -336,7 +371,9 @@ def _run(cfg: ExperimentConfig, out: Path, task: ClassificationTask, system: Phy
         "classes": task.classes,
     }
     twin = tw.twin if tw else None
-    if cfg.digital_baseline is not None:
+    if baseline is not None:
+        results["digital_baseline"] = baseline.result()
+    elif cfg.digital_baseline is not None:
         results["digital_baseline"] = digital_baseline(cfg, task, cfg.digital_baseline)
     if cfg.cv_folds:
         results["cv"] = cross_validate(cfg, task, system, twin, out / "cv")

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .allocator import auto_retain
 from .augment import RandomAffine
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import ConfigError, DivergenceError
@@ -207,6 +208,7 @@ def fit_readout(readout: nn.Module, feats: Tensor, y: Tensor, l2: float = 1e-4, 
     params = [p for p in readout.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("refit_readout: there are no trainable digital parameters after the last physical layer")
+    auto_retain()  # every evaluation allocates and frees full-batch temporaries (pnnkit.allocator)
     start = [p.detach().clone() for p in params]
 
     def objective() -> tuple[Tensor, Tensor]:
@@ -474,6 +476,7 @@ class Trainer:
     def train(self, resume: bool = False, stop_after: int | None = None) -> None:
         """The training loop only: to ``cfg.epochs``, or ``stop_after`` more epochs (e.g. an interruption)."""
         cfg, task, model = self.cfg, self.task, self.model
+        auto_retain()  # freed step temporaries stay with the process for the next step (pnnkit.allocator)
         if resume and self.checkpoint_path and self.checkpoint_path.with_suffix(".json").exists():
             self.load_state(load_checkpoint(self.checkpoint_path))
         writer = csv_file = None
