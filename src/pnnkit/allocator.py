@@ -16,15 +16,17 @@ next step — the CPU analogue of torch's GPU caching allocator. Blocks above th
 and unmapped one by one (glibc allows no threshold above 32 MiB on 64-bit systems), so by default it also sets
 ``M_MMAP_MAX`` to 0: large blocks come from the heap as well and are reused like the others. That matters for the
 readout refits (:func:`fit_readout <pnnkit.training.fit_readout>`), whose full-batch tensors are often larger: with
-8,000 × 1,168 float32 features (37 MB; the electronic MNIST config) one L-BFGS evaluation took 0.33–0.35 s with them
-mapped anew each time and 0.18 s with them kept, the same loss to the last bit (2-core AMD EPYC, one thread; session
-20's `/tmp/s20/rt2.py`, not in the repository). The cost: memory freed in the middle of the heap stays with the
-process (peak RSS of that probe: 620 → 727 MB). :func:`pat_forward <pnnkit.pat.pat_forward>`, :meth:`Trainer.train <pnnkit.training.Trainer.train>` and
-:func:`fit_readout <pnnkit.training.fit_readout>` apply it once per process, on the first call of any, unless
+8,000 × 1,168 float32 features (37 MB; the electronic MNIST config) one L-BFGS evaluation took 266.7 ms with them
+mapped anew each time and 81.8 ms with them kept, the same loss and parameters to the last bit (2-core AMD EPYC,
+one thread; ``benchmarks/readout_refit_heap.py``). The cost: memory freed in the middle of the heap stays with the
+process (peak RSS of that benchmark: 566 → 779 MB). :func:`pat_forward <pnnkit.pat.pat_forward>`,
+:meth:`Trainer.train <pnnkit.training.Trainer.train>` and :func:`fit_readout <pnnkit.training.fit_readout>` apply
+it once per process, on the first call of any, unless
 
 * the environment variable ``PNNKIT_RETAIN_HEAP`` is ``0`` / ``false`` / ``no`` / ``off``;
 * the user already tuned malloc (``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_MMAP_MAX_``,
-  ``MALLOC_TOP_PAD_``, or ``glibc.malloc.*`` in ``GLIBC_TUNABLES``) or preloads another allocator (jemalloc, tcmalloc, mimalloc);
+  ``MALLOC_TOP_PAD_``, or ``glibc.malloc.*`` in ``GLIBC_TUNABLES``) or preloads another allocator (jemalloc,
+  tcmalloc, mimalloc);
 * the C library is not glibc (macOS, Windows, musl): then nothing happens.
 
 It changes no result — only where freed memory waits until it is reused.
