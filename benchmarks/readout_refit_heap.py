@@ -53,6 +53,20 @@ def child(samples: int, features: int, iters: int, repeats: int) -> None:
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
+def compare(samples: int, features: int, iters: int, repeats: int) -> dict[str, dict]:
+    """One child process per setting (the policy is process-wide): off (``PNNKIT_RETAIN_HEAP=0``), then the
+    default; each child's record (:func:`child`) under its label."""
+    rows = {}
+    for label, value in (("mapped anew (PNNKIT_RETAIN_HEAP=0)", "0"), ("kept on the heap (default)", "")):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+        env.update(PNNKIT_RETAIN_HEAP=value, OMP_NUM_THREADS="1")
+        out = subprocess.run([sys.executable, __file__, "--child", "--samples", str(samples), "--features",
+                              str(features), "--iters", str(iters), "--repeats", str(repeats)],
+                             capture_output=True, text=True, env=env, check=True)
+        rows[label] = json.loads(out.stdout.strip().splitlines()[-1])
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=8000)
@@ -67,21 +81,14 @@ def main() -> None:
     mb = a.samples * a.features * 4 / 1e6
     print(f"readout fit on {a.samples} × {a.features} float32 features ({mb:.1f} MB per full-batch tensor), "
           f"{a.iters} L-BFGS iterations at most, 1 torch thread, median of {a.repeats}")
-    rows = {}
-    for label, value in (("mapped anew (PNNKIT_RETAIN_HEAP=0)", "0"), ("kept on the heap (default)", "")):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-        env.update(PNNKIT_RETAIN_HEAP=value, OMP_NUM_THREADS="1")
-        out = subprocess.run([sys.executable, __file__, "--child", "--samples", str(a.samples), "--features",
-                              str(a.features), "--iters", str(a.iters), "--repeats", str(a.repeats)],
-                             capture_output=True, text=True, env=env, check=True)
-        rows[label] = r = json.loads(out.stdout.strip().splitlines()[-1])
+    rows = compare(a.samples, a.features, a.iters, a.repeats)
+    for label, r in rows.items():
         print(f"  {label:38s} {1e3 * r['seconds_per_evaluation']:7.1f} ms / evaluation ({r['evaluations']} per fit)"
               f"   peak RSS {r['peak_rss_mb']:6.0f} MB   loss {r['loss']:.10f}   params {r['parameters_sha256']}")
     a_, b_ = rows.values()
     same = (a_["loss"], a_["parameters_sha256"]) == (b_["loss"], b_["parameters_sha256"])
     print(f"  speed-up {a_['seconds_per_evaluation'] / b_['seconds_per_evaluation']:.2f}×; "
           f"same loss and parameters: {same}")
-
 
 if __name__ == "__main__":
     main()

@@ -91,40 +91,18 @@ def test_training_and_readout_fits_apply_it_too(fresh):
     assert allocator.allocator_state()["applied"] is True
 
 
-_FIT_SCRIPT = """
-import hashlib, sys, torch
-from torch import nn
-from pnnkit import allocator
-from pnnkit.layers import ElementwiseRescale, Pool
-from pnnkit.training import fit_readout
-torch.set_num_threads(1)
-g = torch.Generator().manual_seed(0)
-feats = torch.randn(4000, 2200, generator=g)  # 35.2 MB: above glibc's largest mmap threshold (32 MiB)
-y = torch.randint(0, 10, (4000,), generator=g)
-ro = nn.Sequential(ElementwiseRescale(2200), ElementwiseRescale(2200), Pool(10, "interleaved"), ElementwiseRescale(10))
-info = fit_readout(ro, feats, y, 0.0, 3)
-h = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in ro.parameters())).hexdigest()
-print(allocator.allocator_state().get("large_blocks_on_heap"), info["train_loss_after"], h)
-"""
-
-
 @glibc
-def test_keeping_large_blocks_changes_no_result(tmp_path):
-    """A readout fit whose full-batch tensors exceed 32 MiB, with the heap policy off and on (separate processes:
-    it is process-wide): the same loss and parameters to the last bit."""
-    import os
-    import subprocess
-    import sys
+def test_keeping_large_blocks_changes_no_result():
+    """A readout fit whose full-batch tensors exceed 32 MiB (4,000 × 2,200 float32: 35.2 MB), with the heap policy
+    off and on, each in its own process (the policy is process-wide; benchmarks/readout_refit_heap.py): the same
+    loss and parameters to the last bit."""
+    import importlib.util
+    from pathlib import Path
 
-    script = tmp_path / "fit.py"
-    script.write_text(_FIT_SCRIPT)
-    outs = {}
-    for off in ("0", ""):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-        env["PNNKIT_RETAIN_HEAP"] = off
-        env["OMP_NUM_THREADS"] = "1"
-        r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
-        assert r.returncode == 0, r.stderr[-2000:]
-        outs[off] = r.stdout.split()
-    assert outs["0"][0] == "None" and outs[""][0] == "True"  # off: never applied; on: large blocks kept
-    assert outs["0"][1:] == outs[""][1:]
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "readout_refit_heap.py"
+    spec = importlib.util.spec_from_file_location("readout_refit_heap", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    off, on = bench.compare(samples=4000, features=2200, iters=3, repeats=1).values()
+    assert off["allocator"]["applied"] is False and on["allocator"]["large_blocks_on_heap"] is True
+    assert (off["loss"], off["parameters_sha256"]) == (on["loss"], on["parameters_sha256"])
