@@ -68,6 +68,20 @@ def test_pat_starts_from_the_in_silico_network():
     assert torch.allclose(_theta(fresh), initial, atol=1e-6)
 
 
+def test_pat_lr_is_pats_learning_rate_only():
+    cfg = _cfg(lr=0.02, pat_lr=0.005)
+    task, system, _ = build_pieces(cfg)
+    tw = make_twin(system, cfg.twin)
+
+    def trained(c: ExperimentConfig, method: str) -> torch.nn.Module:  # a fresh lab each time: the same noise draws
+        return train_method(c, task, build_pieces(c)[1], tw.twin, method, monitor=False)[0]
+
+    pat = trained(cfg, "pat")
+    assert _same_weights(pat, trained(_cfg(lr=0.005), "pat"))
+    assert not _same_weights(pat, trained(_cfg(lr=0.02), "pat"))
+    assert _same_weights(trained(cfg, "in_silico"), trained(_cfg(lr=0.02), "in_silico"))
+
+
 def test_run_trains_in_silico_first_and_records_pats_start(tmp_path, monkeypatch):
     raw = tiny_config(epochs=2)
     raw["training"].update(pat_init="in_silico", pat_epochs=1)
@@ -174,7 +188,7 @@ def test_init_weights_are_checked_before_anything_is_measured(tmp_path, monkeypa
 def test_a_run_recorded_before_an_option_existed_can_be_resumed(tmp_path):
     cfg = _cfg()
     old = json.loads(cfg.model_dump_json())
-    for key in ("pat_init", "pat_epochs", "init_weights"):  # what a config.json written before them lacks
+    for key in ("pat_init", "pat_epochs", "pat_lr", "init_weights"):  # what a config.json written before them lacks
         del old["training"][key]
     (tmp_path / "config.json").write_text(json.dumps(old))
     ex._check_resumed_config(cfg, tmp_path)  # the defaults fill in: same config

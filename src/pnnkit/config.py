@@ -143,6 +143,8 @@ class TrainingConfig(_Strict):
                                                     "weights; needs in_silico in methods, which then runs first)")
     pat_epochs: int | None = Field(None, gt=0, description="PAT's epochs if not epochs (e.g. a short fine-tune "
                                    "after pat_init: in_silico)")
+    pat_lr: float | None = Field(None, gt=0, description="PAT's lr if not lr (e.g. a lower lr to fine-tune after "
+                                 "pat_init: in_silico); physical_lr and readout_lr, if set, still apply")
 
 
 class DigitalBaselineConfig(_Strict):

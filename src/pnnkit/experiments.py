@@ -123,7 +123,8 @@ def train_method(
     elif t.init_weights:
         load_weights(model, t.init_weights)
     epochs = t.pat_epochs if method == "pat" and t.pat_epochs else t.epochs
-    tc = _train_config(cfg, epochs=epochs, lr=t.lr, physical_lr=t.physical_lr,
+    lr = t.pat_lr if method == "pat" and t.pat_lr else t.lr
+    tc = _train_config(cfg, epochs=epochs, lr=lr, physical_lr=t.physical_lr,
                        monitor_physical=t.monitor_physical if monitor is None else monitor,
                        monitor_every=t.monitor_every, progress=progress, record_measurements=t.record_measurements,
                        init_samples=t.init_samples, overlap=t.overlap)
