@@ -90,5 +90,6 @@ def main() -> None:
     print(f"  speed-up {a_['seconds_per_evaluation'] / b_['seconds_per_evaluation']:.2f}×; "
           f"same loss and parameters: {same}")
 
+
 if __name__ == "__main__":
     main()
