@@ -138,6 +138,28 @@ def test_synthetic_60k_style_train_pair_uses_standard_split(tmp_path) -> None:
     assert torch.bincount(sub.y_train, minlength=10).tolist() == [3] * 10
 
 
+def test_crop_keeps_the_central_square_before_downsampling(tmp_path) -> None:
+    d = make_dir(tmp_path / "m", n_test=20, n_train=60)
+    xi, _ = synthetic(60, 1)
+    full = load_task("mnist", data_dir=d)
+    assert full.meta["crop"] == 28
+    same = load_task("mnist", data_dir=d, crop=28)
+    assert torch.equal(same.x_train, full.x_train)
+    c = load_task("mnist", data_dir=d, crop=24, downsample=24)  # no downsampling: exactly pixels 2…25
+    assert c.x_train.shape == (60, 576) and c.meta["crop"] == 24 and c.meta["image_shape"] == [24, 24]
+    want = torch.as_tensor(xi[:, 2:26, 2:26].reshape(60, -1) / 255.0, dtype=torch.float32)
+    assert torch.allclose(c.x_train, want)
+    c12 = load_task("mnist", data_dir=d, crop=24, downsample=12)  # 2 × 2 block means of the crop
+    blocks = xi[:, 2:26, 2:26].reshape(60, 12, 2, 12, 2).mean((2, 4)) / 255.0
+    assert torch.allclose(c12.x_train, torch.as_tensor(blocks.reshape(60, -1), dtype=torch.float32), atol=1e-6)
+    odd = load_task("mnist", data_dir=d, crop=23, downsample=23)  # odd margin: the extra row/column is cut on the far side
+    assert torch.allclose(odd.x_train, torch.as_tensor(xi[:, 2:25, 2:25].reshape(60, -1) / 255.0, dtype=torch.float32))
+    with pytest.raises(ConfigError, match="crop must be in 1…28"):
+        load_task("mnist", data_dir=d, crop=29)
+    with pytest.raises(ConfigError, match=r"downsample must be in 1…20 \(the crop's side\), got 24"):
+        load_task("mnist", data_dir=d, crop=20, downsample=24)
+
+
 def test_corrupted_magic_number(tmp_path) -> None:
     d = make_dir(tmp_path / "m")
     xi, _ = synthetic(60, 0)
