@@ -152,7 +152,7 @@ def test_crop_keeps_the_central_square_before_downsampling(tmp_path) -> None:
     c12 = load_task("mnist", data_dir=d, crop=24, downsample=12)  # 2 × 2 block means of the crop
     blocks = xi[:, 2:26, 2:26].reshape(60, 12, 2, 12, 2).mean((2, 4)) / 255.0
     assert torch.allclose(c12.x_train, torch.as_tensor(blocks.reshape(60, -1), dtype=torch.float32), atol=1e-6)
-    odd = load_task("mnist", data_dir=d, crop=23, downsample=23)  # odd margin: the extra row/column is cut on the far side
+    odd = load_task("mnist", data_dir=d, crop=23, downsample=23)  # odd margin: the far side loses the extra row/column
     assert torch.allclose(odd.x_train, torch.as_tensor(xi[:, 2:25, 2:25].reshape(60, -1) / 255.0, dtype=torch.float32))
     with pytest.raises(ConfigError, match="crop must be in 1…28"):
         load_task("mnist", data_dir=d, crop=29)

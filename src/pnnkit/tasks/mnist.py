@@ -6,11 +6,12 @@
   the 10,000-image test pair (``t10k-…``) the standard 60k/10k split is used.
 * With only the test pair (as in CI's ``$PNNKIT_DATA_DIR/mnist-t10k``) its 10,000 images are split by a seeded
   stratified split into 8,000 train / 2,000 test.
-* ``crop=c`` keeps the central c×c pixels of the 28×28 image (rows and columns ``(28 − c) // 2`` on); MNIST's
+* ``crop=c`` keeps the central c×c pixels of the 28×28 image (from row and column ``(28 − c) // 2`` on); MNIST's
   digits are scaled to a 20×20 box and centred by mass, so the outer pixels are nearly always blank (on the
   8,000 training images of the default split, the central 24×24 holds 99.7 % of the ink).
 * ``downsample=d`` averages pixel areas of the (cropped) image down to d×d (``adaptive_avg_pool2d``; exact block
-  means when d divides the side, e.g. 28 → 14 gives 196 features, overlapping areas otherwise); d = c keeps all. ``n_train`` / ``n_test`` take seeded stratified subsets.
+  means when d divides the side, e.g. 28 → 14 gives 196 features, overlapping areas otherwise); d = c keeps all.
+  ``n_train`` / ``n_test`` take seeded stratified subsets.
 * ``validation=n`` holds out a seeded stratified ``n`` of the *training* images and returns them as the task's
   evaluation set (the test images are not in the returned task): for choosing a design or hyperparameters without looking at
   the test set. ``n_train`` then subsets the remaining training images. ``validation_seed`` draws that held-out set
