@@ -160,6 +160,18 @@ def test_set_errors_are_one_line(tmp_path):
         assert "Traceback" not in res.output
 
 
+def test_networks_and_studies_that_cannot_run_are_refused_before_anything_is_measured(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    for item, msg in [("network.depth=0", "the network has no physical layer (network.depth is 0;"),
+                      ("network.layer=[{type: rescale}]", "the network has no physical layer (network.depth is 2;"),
+                      ("cv_folds=1", "cv_folds must be 0 (off) or at least 2"),
+                      ("cv_folds=5000", "cv_folds 5000 is more than the ")]:
+        res = runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "o"), "--set", item])
+        assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (item, res.output)
+        assert not (tmp_path / "o").exists(), item  # nothing measured, nothing written
+
+
 def test_demo_takes_set_and_names_a_bad_key(tmp_path):
     res = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--set", "training.epoch=1"])
     assert res.exit_code == 2 and "Traceback" not in res.output

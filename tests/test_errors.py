@@ -60,6 +60,10 @@ def test_bad_specs_and_modes():
         make_lab("laser")
     with pytest.raises(ConfigError, match=r"^lab 'oscillators' has no option 'nn' \(did you mean 'n'\?\); its options: .*\bunit\b"):
         make_lab("oscillators", nn=3)
+    # an option that is itself a group of settings (a dataclass) names a misspelt setting the same way
+    with pytest.raises(ConfigError, match=r"^lab 'circuit' option 'timing' has no option 't_segmnt' \(did you mean "
+                                          r"'t_segment'\?\); its options: adc_rate, t_rise, t_segment$"):
+        make_lab("circuit", timing={"t_segmnt": 5e-6})
 
 
 def test_unknown_config_key_is_named(tmp_path):

@@ -53,8 +53,12 @@ def test_a_value_of_the_wrong_type_is_named(options, msg):
 
 
 def test_a_dataclass_mapping_is_checked_field_by_field():
-    out = check_options("lab 'demo'", _target, {"timing": {"step": 2, "label": "b", "extra": 1}})
-    assert out["timing"] == {"step": 2.0, "label": "b", "extra": 1}  # unknown fields are the dataclass's concern
+    out = check_options("lab 'demo'", _target, {"timing": {"step": 2, "label": "b"}})
+    assert out["timing"] == {"step": 2.0, "label": "b"}
+    # an unknown field is named here, as a top-level option is, not left to the dataclass's TypeError
+    with pytest.raises(ConfigError, match=r"^lab 'demo' option 'timing' has no option 'stp' \(did you mean 'step'\?\); "
+                                          r"its options: label, step$"):
+        check_options("lab 'demo'", _target, {"timing": {"stp": 2}})
 
 
 def test_make_lab_names_a_bad_option_type():

@@ -367,6 +367,29 @@ def test_settings_and_tasks_that_mean_nothing_are_refused_before_any_measurement
     assert lab.queries == q0
 
 
+def test_features_of_another_dtype_are_refused_and_narrow_integer_labels_train_like_int64():
+    task, model = _setup()
+    lab = model[1].system
+    q0 = lab.queries
+    bad = load_task("digits")
+    bad.x_train = bad.x_train.double()  # torch.as_tensor of a numpy float array gives this
+    with pytest.raises(ConfigError, match=r"^task 'digits': x_train is torch.float64 but the network's parameters are "
+                                          r"torch.float32 \(convert with x.float\(\)\)$"):
+        Trainer(model, bad, "pat", TrainConfig(progress=False))
+    assert lab.queries == q0
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.02, seed=0, progress=False)
+    results = []
+    for dtype in (torch.int64, torch.int32, torch.uint8):  # uint8: what MNIST's IDX files hold
+        task, model = _setup()
+        task.y_train, task.y_test = task.y_train.to(dtype), task.y_test.to(dtype)
+        trainer = Trainer(model, task, "pat", cfg)
+        assert trainer.task.y_train.dtype == torch.int64 and task.y_train.dtype == dtype  # the caller's task untouched
+        r = trainer.fit()
+        results.append((r.test_accuracy, r.confusion))
+    assert results[1] == results[0] and results[2] == results[0]
+    assert sum(map(sum, results[0][1])) == 64
+
+
 def test_physical_lr_zero_freezes_theta_while_the_rest_trains():
     task, model = _setup()
     theta0 = {k: v.detach().clone() for k, v in model[1].theta.items()}

@@ -77,8 +77,12 @@ def test_corrupt_or_mismatched_twin_files_give_clear_errors(lab4, tmp_path):
     with pytest.raises(TwinError, match="twin file missing"):
         DigitalTwin.load(tmp_path / "nope.safetensors")
     other = make_lab("oscillators", n=5)
-    with pytest.raises(TwinError, match="does not match 'oscillators'"):
+    with pytest.raises(TwinError, match="does not match 'oscillators': input_dim 4 vs 5; output_dim 4 vs 5"):
         DigitalTwin.load(path, expect_spec=other.spec)
+    # same dimensions, another range: the message says which range (the two names alone would read the same)
+    narrower = make_lab("oscillators", n=4, input_max=0.9)
+    with pytest.raises(TwinError, match=r"input_high 1.0 vs 0.9 \(the twin's vs the system's\)$"):
+        DigitalTwin.load(path, expect_spec=narrower.spec)
     raw = bytearray(path.read_bytes())
     raw[-3] ^= 0xFF
     path.write_bytes(bytes(raw))
@@ -211,7 +215,7 @@ def test_a_device_returning_no_real_numbers_is_a_device_error(bad):
     system = FunctionSystem(device, SystemSpec("d", 2, 2, -1.0, 1.0), numpy=True)
     with pytest.raises(DeviceError, match="expected real numbers"):
         system(torch.zeros(3, 2), {})
-    assert system.queries == 0
+    assert (system.calls, system.queries) == (1, 3)  # the device was used, though its reading is refused
 
 
 def test_saving_a_twin_twice_keeps_the_first_pair_loadable(lab4, tmp_path):

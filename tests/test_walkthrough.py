@@ -76,6 +76,7 @@ def test_guide_wrap_refuses_bad_calls_before_the_device():
     with pytest.raises(pk.DeviceError, match=r"measure\(\) failed on call 2 \(batch of 3\): TimeoutError") as e:
         device(torch.full((3, 8), 2.0), ok)
     assert isinstance(e.value.__cause__, TimeoutError)
+    assert (device.calls, device.queries) == (2, 6)  # the failed call reached the instrument: it counts
 
 
 def test_function_system_gets_numpy():

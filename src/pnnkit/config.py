@@ -198,6 +198,8 @@ class ExperimentConfig(_Strict):
         if self.training.pat_init == "in_silico" and "pat" in self.methods and "in_silico" not in self.methods:
             raise ValueError("training.pat_init: in_silico starts PAT from the in_silico network, but methods has "
                              "no in_silico; add it to methods, or set pat_init: fresh")
+        if self.cv_folds == 1:
+            raise ValueError("cv_folds must be 0 (off) or at least 2 (folds of a cross-validation), got 1")
         studies = [k for k, on in (("cv_folds", self.cv_folds), ("depth_sweep", self.depth_sweep),
                                    ("sweep_seeds", self.sweep_seeds)) if on]
         if self.training.init_weights and studies:

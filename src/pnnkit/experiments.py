@@ -25,6 +25,7 @@ from .networks import LinearBlock, NetworkConfig, ParallelBlock, PhysicalBlock, 
 from .provenance import versions
 from .system import PhysicalSystem
 from .tasks import ClassificationTask, load_task
+from .layers import physical_layers
 from .training import TrainConfig, Trainer, TrainResult, augmentation
 from .twins import DigitalTwin, MLPTwin, fit_twin
 
@@ -275,6 +276,17 @@ def build_pieces(cfg: ExperimentConfig) -> tuple[ClassificationTask, PhysicalSys
     if cfg.twin.path:
         DigitalTwin.load(cfg.twin.path, system.spec)
     net = build_network(cfg.network, task.n_features, task.n_classes, system, None, seed=cfg.seed)
+    if not any(True for _ in physical_layers(net)):
+        raise ConfigError(f"the network has no physical layer (network.depth is {cfg.network.depth}; a 'physical' or "
+                          "'parallel' block in network.layer or network.stem makes one): methods "
+                          f"{', '.join(cfg.methods)} train the lab's parameters; a network without the lab is what "
+                          "digital_baseline trains")
+    if cfg.cv_folds:
+        labels = torch.cat([task.y_train, task.y_test])
+        fewest = int(torch.bincount(labels.long(), minlength=task.n_classes).min())
+        if cfg.cv_folds > fewest:
+            raise ConfigError(f"cv_folds {cfg.cv_folds} is more than the {fewest} samples of the task's rarest class "
+                              "(each stratified fold needs one of every class)")
     if cfg.training.init_weights:  # a missing file, or weights of another network or lab, fail here
         load_weights(net, cfg.training.init_weights)
     return task, system, count_digital_parameters(net)

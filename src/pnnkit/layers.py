@@ -88,7 +88,8 @@ class PhysicalLayer(nn.Module):
         twin_spec = getattr(twin, "spec", None)
         if twin_spec is not None and not twin_spec.same_interface(system.spec):
             raise ConfigError(f"{system.spec.name} layer: the twin is for {twin_spec.name!r}, whose interface "
-                              f"differs from the system's (inputs, outputs or parameters)")
+                              "differs from the system's: " + "; ".join(twin_spec.interface_differences(system.spec))
+                              + " (the twin's vs the system's)")
         self.theta = nn.ParameterDict()
         for p in system.spec.params:
             if p.init is not None:

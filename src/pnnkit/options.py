@@ -82,7 +82,9 @@ def check_options(what: str, target: Callable[..., Any], options: dict[str, Any]
     """``options`` with every plain-typed value validated and converted against ``target``'s annotations.
 
     ``what`` names the thing being built in errors (``"lab 'circuit'"``); ``target`` is the class or function
-    whose parameters the options are. Unknown option names are not this function's concern (they are passed on).
+    whose parameters the options are. Unknown option names are not this function's concern (they are passed on),
+    except inside an option given as a mapping for a dataclass (``timing: {...}``): a field the dataclass does not
+    have is refused here, with a did-you-mean.
     """
     hints = _hints(target)
     out = dict(options)
@@ -95,6 +97,7 @@ def check_options(what: str, target: Callable[..., Any], options: dict[str, Any]
         elif isinstance(value, dict):
             cls = next((p for p in _parts(hint) if dataclasses.is_dataclass(p)), None)
             if cls is not None:
+                refuse_unknown(f"{what} option {key!r}", value, {f.name for f in dataclasses.fields(cls)})
                 fields = _hints(cls)
                 out[key] = {k: _convert(what, f"{key}.{k}", fields[k], v) if _is_plain(fields.get(k)) else v
                             for k, v in value.items()}

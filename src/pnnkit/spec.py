@@ -157,11 +157,18 @@ class SystemSpec:
 
     def same_interface(self, other: "SystemSpec") -> bool:
         """True when ``other`` has the same dimensions, ranges and parameter blocks (the twin contract)."""
-        return (
-            self.input_dim == other.input_dim
-            and self.output_dim == other.output_dim
-            and self.input_low == other.input_low
-            and self.input_high == other.input_high
-            and [(p.name, p.shape, p.low, p.high) for p in self.params]
-            == [(p.name, p.shape, p.low, p.high) for p in other.params]
-        )
+        return not self.interface_differences(other)
+
+    def interface_differences(self, other: "SystemSpec") -> list[str]:
+        """What differs between this interface and ``other``'s, one ``"what: this vs other"`` line each (empty when
+        :meth:`same_interface`)."""
+        diff = [f"{key} {getattr(self, key)} vs {getattr(other, key)}"
+                for key in ("input_dim", "output_dim", "input_low", "input_high")
+                if getattr(self, key) != getattr(other, key)]
+        if self.param_names != other.param_names:
+            diff.append(f"parameters {self.param_names} vs {other.param_names}")
+        else:
+            for a, b in zip(self.params, other.params):
+                diff += [f"parameter {a.name!r} {key} {getattr(a, key)} vs {getattr(b, key)}"
+                         for key in ("shape", "low", "high") if getattr(a, key) != getattr(b, key)]
+        return diff

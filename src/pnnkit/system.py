@@ -68,6 +68,11 @@ def _finite_within(t: Tensor, low: float, high: float) -> bool:
     return math.isfinite(lo) and math.isfinite(hi) and low <= lo and hi <= high
 
 
+def _unit(unit: str) -> str:
+    """`` unit`` for a message, or nothing for a dimensionless value (unit ``"1"``)."""
+    return "" if unit in ("", "1") else f" {unit}"
+
+
 def _outside(t: Tensor, low: float, high: float) -> bool:
     """Whether any value of ``t`` lies outside ``[low, high]``, compared exactly (in float64)."""
     d = t.detach()
@@ -106,7 +111,8 @@ class PhysicalSystem(ABC):
 
     @property
     def queries(self) -> int:
-        """Samples sent through the system so far (one sample through one call = one query)."""
+        """Samples sent to the device so far (one sample through one call = one query), counted when the call
+        reaches :meth:`measure`: calls that fail there or return a refused reading count too (the device was used)."""
         return getattr(self, "_queries", 0)
 
     def reset_counters(self) -> None:
@@ -165,7 +171,7 @@ class PhysicalSystem(ABC):
                 raise RangeError(f"{spec.name}: input contains NaN or inf")
             if _outside(x, lo, hi):
                 raise RangeError(
-                    f"{spec.name}: input outside its hard range [{lo}, {hi}] {spec.input_unit} "
+                    f"{spec.name}: input outside its hard range [{lo}, {hi}]{_unit(spec.input_unit)} "
                     f"(min {x.min().item():.9g}, max {x.max().item():.9g}); constrain it before the call"
                 )
         missing = set(spec.param_names) - set(params)
@@ -192,7 +198,7 @@ class PhysicalSystem(ABC):
                     raise RangeError(f"{spec.name}: parameter {p.name!r} contains NaN or inf")
                 if _outside(v, p.low, p.high):
                     raise RangeError(
-                        f"{spec.name}: parameter {p.name!r} outside its hard range [{p.low}, {p.high}] {p.unit} "
+                        f"{spec.name}: parameter {p.name!r} outside its hard range [{p.low}, {p.high}]{_unit(p.unit)} "
                         f"(min {v.min().item():.9g}, max {v.max().item():.9g})"
                     )
         return batch
@@ -222,6 +228,8 @@ class PhysicalSystem(ABC):
         # and waits from the reading's return to its last logged row
         with interrupt_gate() if log is not None else contextlib.nullcontext(InterruptGate()) as gate:
             try:
+                self._calls = self.calls + 1  # counted as it reaches the device, whatever the device then does
+                self._queries = self.queries + batch
                 if grad:
                     y = self.measure(x, dict(params))
                 else:
@@ -248,7 +256,7 @@ class PhysicalSystem(ABC):
                 if isinstance(e, PnnkitError) or not isinstance(e, Exception):  # our own errors, Ctrl-C: as they are
                     raise
                 # the device's own failure (driver, timeout, simulator): named, with its cause
-                raise DeviceError(f"{self.spec.name}: measure() failed on call {self.calls + 1} (batch of {batch}): "
+                raise DeviceError(f"{self.spec.name}: measure() failed on call {self.calls} (batch of {batch}): "
                                   f"{type(e).__name__}: {e}{kept}") from e
             measured, out = self._record(y, x, params, batch, log)
         y = measured if measured.dtype == out else measured.to(out)
@@ -260,11 +268,9 @@ class PhysicalSystem(ABC):
         return y if home is None or y.device == home else y.to(home)
 
     def _record(self, y: Any, x: Tensor, params: Params, batch: int, log: Any) -> tuple[Tensor, torch.dtype]:
-        """Check a reading that came back, count the call and log it as measured (full precision, NaN/inf
-        included: readers skip those rows). Returns the reading and the dtype the caller gets it in."""
+        """Check a reading that came back and log it as measured (full precision, NaN/inf included: readers skip
+        those rows). Returns the reading and the dtype the caller gets it in."""
         y, out = self._checked_reading(y, x, params, batch)
-        self._calls = self.calls + 1
-        self._queries = self.queries + batch
         if log is not None:
             log.append(x, params, y)
         return y, out

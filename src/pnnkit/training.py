@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -335,8 +335,15 @@ def _check_settings(cfg: TrainConfig) -> None:
             raise ConfigError(f"{name} must be ≥ 0 (0 freezes those parameters), got {v}")
 
 
-def _check_task(task: ClassificationTask) -> None:
-    """The task's tensors fit a classification: non-empty, matching lengths, integer labels 0 … n_classes − 1."""
+def _float_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of ``model``'s first floating-point parameter (what its inputs must have), or None."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+
+
+def _check_task(task: ClassificationTask, dtype: torch.dtype | None) -> ClassificationTask:
+    """The task's tensors fit a classification of a network with parameters of ``dtype``: non-empty, matching
+    lengths, features of that dtype, integer labels 0 … n_classes − 1. Returns the task with its labels as int64
+    (what the loss and the confusion matrix index with)."""
     for part in ("train", "test"):
         x, y = getattr(task, f"x_{part}"), getattr(task, f"y_{part}")
         for name, v in ((f"x_{part}", x), (f"y_{part}", y)):
@@ -353,6 +360,10 @@ def _check_task(task: ClassificationTask) -> None:
             raise ConfigError(f"task {task.name!r}: the {part} set is empty")
         if len(x) != len(y):
             raise ConfigError(f"task {task.name!r}: {len(x)} {part} samples but {len(y)} labels")
+        if dtype is not None and x.dtype != dtype:
+            hint = {torch.float32: "x.float()", torch.float64: "x.double()"}.get(dtype, f"x.to({dtype})")
+            raise ConfigError(f"task {task.name!r}: x_{part} is {x.dtype} but the network's parameters are {dtype} "
+                              f"(convert with {hint})")
         if x.is_floating_point() and not bool(torch.isfinite(x).all()):
             bad = int((~torch.isfinite(x)).any(dim=1).sum())
             raise ConfigError(f"task {task.name!r}: x_{part} contains NaN or inf ({bad} of {len(x)} samples)")
@@ -364,6 +375,9 @@ def _check_task(task: ClassificationTask) -> None:
     if task.x_test.shape[1] != task.x_train.shape[1]:
         raise ConfigError(f"task {task.name!r}: x_test has {task.x_test.shape[1]} features but x_train "
                           f"{task.x_train.shape[1]}")
+    if task.y_train.dtype == task.y_test.dtype == torch.int64:
+        return task
+    return replace(task, y_train=task.y_train.long(), y_test=task.y_test.long())
 
 
 class Trainer:
@@ -385,8 +399,10 @@ class Trainer:
         self.model, self.task, self.mode = model, task, mode
         self.cfg = config or TrainConfig()
         self.out_dir = Path(out_dir) if out_dir else None
+        if self.out_dir is not None and self.out_dir.exists() and not self.out_dir.is_dir():
+            raise ConfigError(f"out_dir {self.out_dir} is a file, not a directory for the run's logs and checkpoints")
         _check_settings(self.cfg)
-        _check_task(task)
+        self.task = task = _check_task(task, _float_dtype(model))
         has_physical = any(True for _ in physical_layers(model))
         if mode not in ("pat", "in_silico", "exact", "physical") or (mode == "physical" and has_physical):
             raise ConfigError(f"training mode must be 'pat', 'in_silico' or 'exact', got {mode!r}"

@@ -150,9 +150,8 @@ class DigitalTwin(nn.Module):
             raise TwinError(f"twin {jpath} has an invalid system spec: {e}") from e
         if expect_spec is not None and not spec.same_interface(expect_spec):
             raise TwinError(
-                f"twin {wpath.name} was fitted to system {spec.name!r} (in={spec.input_dim}, out={spec.output_dim}, "
-                f"params={spec.param_names}) which does not match {expect_spec.name!r} "
-                f"(in={expect_spec.input_dim}, out={expect_spec.output_dim}, params={expect_spec.param_names})"
+                f"twin {wpath.name} was fitted to system {spec.name!r}, which does not match {expect_spec.name!r}: "
+                + "; ".join(spec.interface_differences(expect_spec)) + " (the twin's vs the system's)"
             )
         try:
             tensors = load_file(str(wpath))

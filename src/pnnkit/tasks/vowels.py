@@ -20,7 +20,7 @@ from . import ClassificationTask, data_dir, minmax_scale, register_task, stratif
 
 SOURCE = (
     "The vowel data come from Hillenbrand, Getty, Clark & Wheeler, J. Acoust. Soc. Am. 97, 3099 (1995) "
-    "(vowdata.dat, distributed freely by J. Hillenbrand); see the project's data README."
+    "(vowdata.dat, distributed freely by J. Hillenbrand); README.md, section 'Data sets', says where to get it."
 )
 ALL_VOWELS = ("ae", "ah", "aw", "eh", "ei", "er", "ih", "iy", "oa", "oo", "uh", "uw")
 PAPER_VOWELS = ("ae", "ah", "aw", "uw", "er", "iy", "ih")
