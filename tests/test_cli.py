@@ -170,6 +170,15 @@ def test_networks_and_studies_that_cannot_run_are_refused_before_anything_is_mea
         res = runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "o"), "--set", item])
         assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (item, res.output)
         assert not (tmp_path / "o").exists(), item  # nothing measured, nothing written
+    # a digital baseline that cannot be built (its network without the lab's 8 → 16 widening) fails before PAT
+    shg = {**TINY, "lab": {"name": "shg", "options": {"n_inputs": 8, "n_params": 8, "output_dim": 16}},
+           "network": {"depth": 1, "stem": [{"type": "pool", "out": 8}], "layer": [{"type": "physical"}],
+                       "head": [{"type": "slice", "start": 6, "stop": 16}]},
+           "digital_baseline": {"kind": "without_physical"}}
+    cfg.write_text(yaml.safe_dump(shg))
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "digital_baseline 'without_physical': network block 1 (slice): [6:16] does not fit " \
+        "width 8" in res.output and not (tmp_path / "o").exists(), res.output
 
 
 def test_demo_takes_set_and_names_a_bad_key(tmp_path):
@@ -269,7 +278,12 @@ def test_evaluate_takes_a_runs_weights_keeps_its_measurements_and_names_bad_weig
     other.write_text(yaml.safe_dump({**TINY, "network": {**TINY["network"], "stem": [{"type": "linear", "out": 6},
                                                                                      {"type": "rescale"}]}}))
     weights = str(d / "out" / "pat" / "model.safetensors")
+    lone = tmp_path / "lone" / "checkpoint.safetensors"  # a checkpoint copied without its checkpoint.json
+    lone.parent.mkdir()
+    lone.write_bytes((d / "out" / "pat" / "checkpoint.safetensors").read_bytes())
     for args, msg in [([str(cfg), "--weights", str(trunc)], "cannot read weights"),
+                      ([str(cfg), "--weights", str(lone)], "(checkpoint.safetensors of a trainer checkpoint is read "
+                                                            "with its checkpoint.json, which is not beside it)"),
                       ([str(cfg), "--weights", str(tmp_path)], "is a directory"),
                       ([str(cfg), "--weights", str(tmp_path / "nope.safetensors")], "weights file not found"),
                       ([str(other), "--weights", weights], "do not fit this network: missing 1.bias, 1.scale")]:

@@ -249,3 +249,15 @@ def test_the_largest_units_and_seeds_build_every_lab_and_train():
     Trainer(model, task, "physical", TrainConfig(epochs=1, batch_size=4, seed=top, progress=False,
                                                    monitor_physical=False)).fit()
     assert bool(model[0].initialised)  # the data init ran and fit() finished with the largest seed
+
+
+# --- session 23 audit: settings that used to pass or crash later ----------------------------------------------
+def test_lab_fields_given_as_lab_options_and_booleans_for_numbers_are_refused():
+    base = {"lab": {"name": "oscillators"}}
+    assert _error(validate_config, {"lab": {"name": "oscillators", "options": {"unit": 3}}}, "c") == (
+        "c: lab.options: unit is set as lab.unit, not as lab.options.unit")
+    msg = _error(validate_config, {**base, "training": {"epochs": True}}, "c")
+    assert msg == "c: training: epochs must be a number or a name, got the boolean true", msg
+    msg = _error(validate_config, {"network": {"depth": False}}, "c")
+    assert msg == "c: network: depth must be a number or a name, got the boolean false", msg
+    assert validate_config({**base, "training": {"overlap": True}}, "c").training.overlap is True  # a real bool

@@ -314,3 +314,85 @@ def test_simulator_version_is_recorded_with_the_measurements(tmp_path) -> None:
     assert MeasurementSet.load(path).spec.meta["simulator"] == lab.spec.meta["simulator"]
     ode = make_lab("circuit", backend="ode", n_inputs=4, n_params=4, output_dim=4)
     assert ode.spec.meta["simulator"].startswith("torch")
+
+
+# --- options are checked when the lab is built: one line naming the option, its value and what is allowed -----------
+_DAQ = r"circuit: input_max/param_max \({} V\) exceed the DAQ's ±10 V output range \(imperfections\.drive_range\)"
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"imperfections": {"drive_range": math.nan}}, r"circuit: imperfections\.drive_range must be a finite number "
+                                                   r"> 0 V, got nan"),
+    ({"input_max": 50.0, "imperfections": {"drive_bits": 0}}, _DAQ.format(50)),  # no quantiser: the range still holds
+    ({"input_max": 12.0, "ideal": True}, _DAQ.format(12)),  # ideal: no quantiser, the same ±10 V DAQ
+    ({"spice_reltol": -1e-4}, r"circuit: spice_reltol must be a number in \(0, 1\), got -0\.0001"),
+    ({"spice_tmax": 0}, r"circuit: spice_tmax must be a finite number > 0 s, got 0"),
+    ({"workers": -5}, r"circuit: workers must be an integer ≥ 1 or None \(one per CPU\), got -5"),
+    ({"circuits_per_run": 0}, r"circuit: circuits_per_run must be an integer ≥ 1 or None \(an equal share of the batch "
+                              r"per worker\), got 0"),
+    ({"timing": {"t_segment": -1e-5}}, r"circuit: timing\.t_segment must be a finite number > 0 s, got -1e-05"),
+    ({"timing": {"t_segment": 7e-6}}, r"circuit: timing\.t_segment must be a whole number ≥ 1 of ADC sample "
+                                      r"periods \(1/timing\.adc_rate = 5e-06 s\), got 7e-06"),
+    ({"timing": {"t_rise": 5e-6}}, r"circuit: timing\.t_rise must be shorter than one ADC sample period "
+                                   r"\(1/timing\.adc_rate = 5e-06 s\), got 5e-06"),
+    ({"timing": {"adc_rate": math.inf}}, r"circuit: timing\.adc_rate must be a finite number > 0 S/s, got inf"),
+    ({"imperfections": {"resistor_tolerance": 1.0}}, r"circuit: imperfections\.resistor_tolerance must be a number "
+                                                     r"in \[0, 1\), got 1"),
+    ({"imperfections": {"supply_tolerance": -0.01}}, r"circuit: imperfections\.supply_tolerance must be a number "
+                                                     r"in \[0, 1\), got -0\.01"),
+    ({"imperfections": {"beta_spread": math.nan}}, r"circuit: imperfections\.beta_spread must be a number in \[0, 2\], "
+                                                   r"got nan"),
+    ({"imperfections": {"adc_noise": -2e-4}}, r"circuit: imperfections\.adc_noise must be a finite number ≥ 0 V, "
+                                              r"got -0\.0002"),
+    ({"imperfections": {"drive_bits": 64}}, r"circuit: imperfections\.drive_bits must be an integer in \[0, 32\], "
+                                            r"got 64"),
+    ({"imperfections": {"adc_range": 0.0}}, r"circuit: imperfections\.adc_range must be a finite number > 0 V, got 0"),
+    ({"imperfection_scale": 12}, r"circuit: imperfections\.capacitor_tolerance must be a number in \[0, 1\), got 1\.2 "
+                                 r"\(after imperfection_scale 12\)"),
+    ({"components": {"ct": -33e-9}}, r"circuit: components\.ct must be a finite number > 0 F, got -3\.3e-08"),
+    ({"unit": -1}, r"circuit: unit must be an integer in \[0, 4294967296\), got -1"),
+    ({"n_inputs": 0}, r"circuit: n_inputs must be an integer ≥ 1, got 0"),
+    ({"output_dim": 61}, r"circuit: output_dim must be at most the 60 ADC samples of the drive window "
+                         r"\(\(n_inputs \+ n_params\) × timing\.t_segment × timing\.adc_rate\), got 61"),
+    ({"backend": "spice"}, r"circuit: backend must be 'ngspice' or 'ode', got 'spice'"),
+])
+def test_a_bad_option_is_refused_in_one_line_before_anything_runs(options, message, monkeypatch) -> None:
+    import pnnkit.labs.circuit as circuit
+    from pnnkit.errors import ConfigError
+
+    monkeypatch.setattr(circuit.subprocess, "run", lambda *a, **kw: pytest.fail("ngspice ran"))
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        make_lab("circuit", **{"n_inputs": 4, "n_params": 2, "output_dim": 4, **options})
+
+
+@pytest.mark.parametrize(("options", "message"), [  # straight to the class (make_lab's option check comes first)
+    ({"timing": "fast"}, r"circuit: timing must be a CircuitTiming or a mapping of its fields \(t_segment, t_rise, "
+                         r"adc_rate\), got 'fast'"),
+    ({"dtype": "float16"}, r"circuit: dtype must be float32 or float64, got 'float16'"),
+    ({"dtype": torch.complex128}, r"circuit: dtype must be float32 or float64, got torch\.complex128"),
+    ({"ideal": "no"}, r"circuit: ideal must be true or false, got 'no'"),
+])
+def test_a_bad_option_to_the_class_is_refused_in_one_line(options, message) -> None:
+    from pnnkit.errors import ConfigError
+    from pnnkit.labs.circuit import CircuitLab
+
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        CircuitLab(4, 2, 4, backend="ode", **options)
+
+
+def test_the_edges_of_the_allowed_ranges_and_the_electronic_examples_build() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from pnnkit.labs.circuit import CircuitLab
+
+    lab = make_lab("circuit", n_inputs=4, n_params=2, output_dim=4, backend="ode", ideal=True, input_max=10.0,
+                   workers=None, dtype="float32", imperfections={"drive_bits": 0, "drive_range": 10.0})
+    assert (lab.spec.input_high, lab.dtype, lab.workers >= 1) == (10.0, torch.float32, True)
+    lab = CircuitLab(4, 2, 4, backend="ode", timing={"t_segment": 5e-6}, dtype="float64")
+    assert (lab.timing.samples_per_segment, lab.dtype) == (1, torch.float64)
+    make_lab("circuit", n_inputs=4, n_params=2, output_dim=4, backend="ode", imperfection_scale=9.9)
+    for path in sorted(Path(__file__).parents[1].glob("examples/mnist_electronic*.yaml")):
+        options = yaml.safe_load(path.read_text())["lab"]["options"]
+        assert make_lab("circuit", **{**options, "backend": "ode"}).n_samples == 73, path.name

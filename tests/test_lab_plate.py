@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 
 import pytest
 import torch
 
-from pnnkit import DigitalTwin, RangeError, make_lab
+from pnnkit import ConfigError, DigitalTwin, RangeError, make_lab
 from pnnkit.labs.plate import (
     PlateImperfections,
     PlateLab,
@@ -338,10 +339,65 @@ def test_a_samples_acoustic_noise_does_not_depend_on_its_batch() -> None:
 
 
 def test_a_dac_too_small_for_the_declared_drive_is_refused() -> None:
-    from pnnkit.errors import ConfigError
-
     with pytest.raises(ConfigError, match=r"^plate: the DAC's ±1.2 V \(design.dac_full_scale\) cannot play the "
                                           r"declared drive of ±1.5 V; use dac_full_scale ≥ 1.5$"):
         make_lab("plate", n_modes=4, bias=True, design={"dac_full_scale": 1.2})
     assert make_lab("plate", n_modes=4, design={"dac_full_scale": 1.0}).design.dac_full_scale == 1.0
-    assert make_lab("plate", n_modes=4, ideal=True, bias=True, design={"dac_full_scale": 1.2}) is not None
+    # a DAC cannot output beyond its full scale whatever its resolution: refused in the ideal lab too
+    with pytest.raises(ConfigError, match=r"^plate: the DAC's ±1.2 V \(design.dac_full_scale\) cannot play the "
+                                          r"declared drive of ±1.5 V; use dac_full_scale ≥ 1.5$"):
+        make_lab("plate", n_modes=4, ideal=True, bias=True, design={"dac_full_scale": 1.2})
+
+
+_POINT = "must be two numbers (ξ, η), each in (0, 1) (a point on the plate, as fractions of its sides)"
+_DAC = "the DAC's ±0.5 V (design.dac_full_scale) cannot play the declared drive of ±1 V; use dac_full_scale ≥ 1"
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"design": {"f11": 0.0}}, "design.f11 must be a finite number > 0 Hz, got 0.0"),
+    ({"design": {"f11": -100.0}}, "design.f11 must be a finite number > 0 Hz, got -100.0"),
+    ({"design": {"mic_lowpass": 0.0}}, "design.mic_lowpass must be a finite number > design.mic_highpass = 40 Hz, "
+                                       "got 0.0"),
+    ({"design": {"adc_full_scale": 0.0}}, "design.adc_full_scale must be a finite number > 0, got 0.0"),
+    ({"design": {"rayleigh_beta": math.nan}}, "design.rayleigh_beta must be a finite number ≥ 0 s, got nan"),
+    ({"design": {"stretching": -1.0}}, "design.stretching must be a finite number ≥ 0, got -1.0"),
+    ({"design": {"drive_point": (2.0, 3.0)}}, f"design.drive_point {_POINT}, got (2.0, 3.0)"),
+    ({"design": {"drive_point": (0.45, 0.42, 0.1)}}, f"design.drive_point {_POINT}, got (0.45, 0.42, 0.1)"),
+    ({"design": {"mic_point": (0.0, 0.5)}}, f"design.mic_point {_POINT}, got (0.0, 0.5)"),
+    ({"design": "foo"}, "design must be a PlateDesign or a mapping of its fields, got 'foo'"),
+    ({"design": {"dac_full_scale": 0.5}, "ideal": True}, _DAC),
+    ({"design": {"dac_full_scale": 0.5}, "imperfections": PlateImperfections(dac_bits=0)}, _DAC),
+    ({"sample_rate": math.nan}, "sample_rate must be a finite number > 0 Hz, got nan"),
+    ({"drive_scale": math.inf}, "drive_scale must be a finite number > 0 V/V, got inf"),
+    ({"n_modes": 0}, "n_modes must be an integer ≥ 1, got 0"),
+    ({"substeps": 2.5}, "substeps must be an integer ≥ 1, got 2.5"),
+    ({"seed": -1}, "seed must be an integer in [0, 2**32), got -1"),
+    ({"dtype": "float16"}, "dtype must be float32 or float64, got 'float16'"),
+    ({"imperfections": "none"}, "imperfections must be a PlateImperfections or a mapping of its fields, got 'none'"),
+    ({"imperfections": PlateImperfections(jitter=1e-4)},
+     "imperfections.jitter must be ≤ one ADC sample period, 1/(sample_rate·substeps) = 3.13e-05 s, got 0.0001"),
+])
+def test_bad_options_are_named_when_the_lab_is_built(options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match="^" + re.escape(f"plate: {message}") + "$"):
+        PlateLab(**{"n_modes": 4, **options})
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"freq_error": -0.01}, "freq_error must be a finite number ≥ 0, got -0.01"),
+    ({"position_error": math.inf}, "position_error must be a finite number ≥ 0 m, got inf"),
+    ({"drift_period": 0.0}, "drift_period must be a finite number > 0 samples, got 0.0"),
+    ({"tempco": math.nan}, "tempco must be a finite number (1/K), got nan"),
+    ({"jitter": -1e-6}, "jitter must be a finite number ≥ 0 s, got -1e-06"),
+    ({"dac_bits": 16.5}, "dac_bits must be an integer from 0 (ideal converter) to 32, got 16.5"),
+    ({"adc_bits": -1}, "adc_bits must be an integer from 0 (ideal converter) to 32, got -1"),
+])
+def test_bad_imperfections_are_named(fields: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match="^" + re.escape(f"plate: imperfections.{message}") + "$"):
+        PlateLab(n_modes=4, imperfections=PlateImperfections(**fields))
+
+
+def test_options_at_the_edge_of_their_range_build() -> None:
+    lab = PlateLab(n_modes=4, dtype="float64", design={"drive_point": [0.5, 0.5], "rayleigh_alpha": 0.0})
+    assert lab.dtype == F64 and lab.design.drive_point == (0.5, 0.5)  # a list from a config becomes a tuple
+    assert PlateLab(n_modes=4, imperfections=PlateImperfections(jitter=1 / 32000)).imperfections.jitter == 1 / 32000
+    assert make_lab("plate", n_modes=4, imperfection_scale=0.0).imperfections == PlateImperfections.none()

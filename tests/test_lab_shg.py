@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -142,6 +143,63 @@ def test_bad_configuration() -> None:
         SHGLab(crystal_length_mm=0.0)
     with pytest.raises(ConfigError):
         make_lab("shg", imperfection_scale=-1.0)
+
+
+_WINDOW = "a finite number > 0 nm and < 2 × wavelength_nm = 1600 nm"
+_SPAN = "a number in (0, 1] (the fraction of the SH spectrum that the bins cover)"
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"pulse_fwhm_fs": 0.0}, "pulse_fwhm_fs must be a finite number > 0 fs, got 0.0"),
+    ({"pulse_fwhm_fs": -100.0}, "pulse_fwhm_fs must be a finite number > 0 fs, got -100.0"),
+    ({"crystal_length_mm": math.inf}, "crystal_length_mm must be a finite number > 0 mm, got inf"),
+    ({"wavelength_nm": -800.0}, "wavelength_nm must be a finite number > 0 nm, got -800.0"),
+    ({"wavelength_nm": 210.0}, "wavelength_nm must be in [409, 5042] nm, where type-I SHG in BBO (the default "
+                               "crystal) phase-matches (or give a dispersion), got 210.0"),
+    ({"window_nm": math.nan}, f"window_nm must be {_WINDOW}, got nan"),
+    ({"window_nm": 0.0}, f"window_nm must be {_WINDOW}, got 0.0"),
+    ({"window_nm": -16.0}, f"window_nm must be {_WINDOW}, got -16.0"),
+    ({"window_nm": 1600.0}, f"window_nm must be {_WINDOW}, got 1600.0"),
+    ({"spectrometer_span": 0.0}, f"spectrometer_span must be {_SPAN}, got 0.0"),
+    ({"spectrometer_span": 5.0}, f"spectrometer_span must be {_SPAN}, got 5.0"),
+    ({"spectrometer_span": -1.0}, f"spectrometer_span must be {_SPAN}, got -1.0"),
+    ({"n_inputs": 0}, "n_inputs must be an integer ≥ 1, got 0"),
+    ({"output_dim": 2.5}, "output_dim must be an integer ≥ 1, got 2.5"),
+    ({"unit": -1}, "unit must be an integer in [0, 2**32), got -1"),
+    ({"dtype": "float16"}, "dtype must be float32 or float64, got 'float16'"),
+    ({"dtype": torch.float16}, "dtype must be float32 or float64, got torch.float16"),
+    ({"dispersion": "BBO"}, "dispersion must be a CrystalDispersion or a mapping of its fields, got 'BBO'"),
+    ({"dispersion": {"gvm_fs_per_mm": math.nan, "gvd_fundamental_fs2_per_mm": 0.0, "gvd_sh_fs2_per_mm": 0.0}},
+     "dispersion.gvm_fs_per_mm must be a finite number (fs/mm), got nan"),
+    ({"imperfections": "none"}, "imperfections must be an SHGImperfections or a mapping of its fields, got 'none'"),
+    ({"pulse_fwhm_fs": 1e7}, "no second-harmonic power reaches the spectrometer bins of this design (reference 0); "
+                             "widen the laser spectrum (a shorter pulse_fwhm_fs) or the window_nm"),
+])
+def test_bad_options_are_named_when_the_lab_is_built(options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match="^" + re.escape(f"shg: {message}") + "$"):
+        SHGLab(**options)
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"crosstalk": 0.5}, "crosstalk must be a number in [0, 0.5), got 0.5"),
+    ({"extinction_leakage": 1.0}, "extinction_leakage must be a number in [0, 1), got 1.0"),
+    ({"gamma_error": -0.05}, "gamma_error must be a finite number ≥ 0, got -0.05"),
+    ({"laser_noise": math.inf}, "laser_noise must be a finite number ≥ 0, got inf"),
+    ({"drift_timescale": 0.0}, "drift_timescale must be a finite number > 0 measurements, got 0.0"),
+    ({"resolution_nm": math.nan}, "resolution_nm must be a finite number ≥ 0 nm, got nan"),
+    ({"pixel_bits": 8.5}, "pixel_bits must be an integer from 0 (off) to 32, got 8.5"),
+    ({"adc_bits": 64}, "adc_bits must be an integer from 0 (off) to 32, got 64"),
+])
+def test_bad_imperfections_are_named(fields: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match="^" + re.escape(f"shg: imperfections.{message}") + "$"):
+        SHGLab(imperfections=SHGImperfections(**fields))
+
+
+def test_options_at_the_edge_of_their_range_build() -> None:
+    assert SHGLab(spectrometer_span=1.0, dtype="float64", ideal=True).dtype == torch.float64
+    assert make_lab("shg", imperfections={"crosstalk": 0.0, "extinction_leakage": 0.0, "pixel_bits": 0}) is not None
+    assert SHGLab(dispersion={"gvm_fs_per_mm": -190.0, "gvd_fundamental_fs2_per_mm": 0.0,
+                              "gvd_sh_fs2_per_mm": 0.0}, wavelength_nm=1030.0).config["dispersion"]["gvm_fs_per_mm"] == -190.0
 
 
 def test_units_differ_and_seeds_reproduce() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+import torch
 
 from pnnkit.errors import ConfigError
 from pnnkit.labs import make_lab
@@ -19,7 +20,7 @@ class _Timing:
 
 
 def _target(n: int, rate: float = 1.0, name: str = "x", flag: bool = False, workers: int | None = None,
-            timing: _Timing | None = None, blob: object = None) -> None:
+            timing: _Timing | None = None, blob: object = None, dtype: torch.dtype = torch.float32) -> None:
     """Stands for a lab constructor."""
 
 
@@ -77,3 +78,13 @@ def test_load_task_names_a_bad_option_type_and_seed():
     with pytest.raises(ConfigError, match=r"got -1$"):
         load_task("digits", seed=-1)
     assert load_task("digits", seed=2**32 - 1).n_features == 64
+
+
+def test_a_structured_option_takes_a_mapping_and_a_dtype_takes_its_name():
+    assert _error({"timing": "fast"}) == ("lab 'demo': option 'timing' must be a mapping of _Timing's fields (step, "
+                                          "label), got 'fast'")
+    assert check_options("lab 'demo'", _target, {"timing": None, "dtype": "float64"}) == {"timing": None,
+                                                                                          "dtype": torch.float64}
+    assert check_options("lab 'demo'", _target, {"dtype": torch.float32})["dtype"] is torch.float32
+    for bad in ("float16", "complex128", torch.bfloat16, 64):
+        assert _error({"dtype": bad}) == f"lab 'demo': option 'dtype' must be float32 or float64, got {bad!r}"

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from helpers import tanh_model, tanh_spec
-from pnnkit import FunctionSystem, PhysicalLayer, RangeError, project_parameters
+from pnnkit import FunctionSystem, ParamSpec, PhysicalLayer, RangeError, SystemSpec, project_parameters
 from pnnkit.system import clamp_to_range
 
 
@@ -187,6 +187,42 @@ def test_half_precision_is_refused_because_it_rounds_past_the_bounds(dtype):
         system(torch.full((2, 3), 0.5), {"w": torch.full((3,), 0.5, dtype=dtype)})
     with pytest.raises(ConfigError, match="use torch.float32 or torch.float64"):
         PhysicalLayer(system, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype, why", [(torch.complex64, "the imaginary part would be dropped"),
+                                        (torch.float8_e4m3fn, "lower precision rounds values past the hard range"),
+                                        (torch.bool, None)])
+def test_complex_bool_and_float8_never_reach_the_device(dtype, why):
+    from pnnkit import ShapeError
+
+    reached = []
+    system = FunctionSystem(lambda x, p: reached.append(x) or x.float(), SystemSpec("d", 2, 2, 0.0, 1.0,
+                                                                                  (ParamSpec("b", (2,), 0.0, 1.0),)))
+    tail = rf" \(.*{why}\)$" if why else "$"
+    x = torch.tensor([[0.5 + 100j, 0.5]]) if dtype.is_complex else torch.tensor([[0.5, 0.5]]).to(dtype)
+    with pytest.raises(ShapeError, match=rf"^d: x is {dtype}; use float32 or float64{tail}"):
+        system(x.to(dtype), {"b": torch.zeros(2)})
+    with pytest.raises(ShapeError, match=rf"^d: parameter 'b' is {dtype}; use float32 or float64{tail}"):
+        system(torch.full((1, 2), 0.5), {"b": torch.zeros(2).to(dtype)})
+    assert not reached and system.queries == 0
+    with pytest.raises(ShapeError, match=r"^d: params must be a mapping of parameter name → tensor \(\['b'\]\), got "
+                                         r"NoneType$"):
+        system(torch.full((1, 2), 0.5), None)
+
+
+def test_integers_beyond_float64s_precision_are_compared_exactly():
+    from pnnkit import RangeError
+
+    top = 2**53  # float64 rounds 2**53 + 1 down onto it
+    reached = []
+    system = FunctionSystem(lambda x, p: reached.append(x) or x.double(), SystemSpec("i", 1, 1, 0.0, float(top)))
+    assert system(torch.tensor([[top]]), {}).item() == top
+    with pytest.raises(RangeError, match=r"^i: input outside its hard range \[0.0, 9007199254740992.0\] \(min "):
+        system(torch.tensor([[top + 1]]), {})
+    with pytest.raises(RangeError, match="input outside its hard range"):  # no int8 value lies in [200, 300]
+        FunctionSystem(lambda x, p: x.float(), SystemSpec("s", 1, 1, 200.0, 300.0))(torch.tensor([[100]],
+                                                                                       dtype=torch.int8), {})
+    assert len(reached) == 1
 
 
 @pytest.mark.parametrize("lo,hi", [(-0.14, 4.7), (-0.3, 0.9), (0.2, 0.7)])

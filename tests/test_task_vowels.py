@@ -97,6 +97,9 @@ def test_missing_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         load_task("vowels")
     with pytest.raises(DataError, match=r"^data directory .*nowhere does not exist.*Hillenbrand"):
         load_task("vowels", data_dir=tmp_path / "nowhere")
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(DataError, match=r"^data directory .*afile is a file, not a directory.*section 'Data sets'"):
+        load_task("vowels", data_dir=tmp_path / "afile")
     with pytest.raises(DataError, match=r"^vowel data file .*vowdata\.dat not found.*Hillenbrand"):
         load_task("vowels", data_dir=tmp_path)  # directory exists, file missing
 

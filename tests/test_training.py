@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 
 import pytest
 import torch
@@ -346,7 +347,12 @@ def test_settings_and_tasks_that_mean_nothing_are_refused_before_any_measurement
     lab = model[1].system
     q0 = lab.queries
     for kw, msg in [(dict(batch_size=0), "batch_size must be ≥ 1, got 0"), (dict(epochs=0), "epochs must be ≥ 1"),
-                    (dict(lr=-0.5), r"lr must be ≥ 0 \(0 freezes the network\), got -0.5"), (dict(physical_lr=-1.0), "physical_lr must be ≥ 0")]:
+                    (dict(lr=-0.5), r"lr must be ≥ 0 \(0 freezes the network\), got -0.5"), (dict(physical_lr=-1.0), "physical_lr must be ≥ 0"),
+                    (dict(epochs=2.5), r"^training: option 'epochs' must be int, got 2.5$"),
+                    (dict(epochs=True), r"^training: option 'epochs' must be int, got True$"),
+                    (dict(lr=math.inf), r"^training: option 'lr' must be a finite number, got inf$"),
+                    (dict(weight_decay=-1.0), r"^weight_decay must be ≥ 0, got -1.0$"),
+                    (dict(seed=-1), r"^training: option 'seed' must be in 0 … 2\*\*32 − 1, got -1$")]:
         with pytest.raises(ConfigError, match=msg):
             Trainer(model, task, "pat", TrainConfig(progress=False, **kw))
     with pytest.raises(ConfigError, match="'physical' trains only networks without physical layers"):
@@ -365,6 +371,7 @@ def test_settings_and_tasks_that_mean_nothing_are_refused_before_any_measurement
     with pytest.raises(ConfigError, match="the train set is empty"):
         Trainer(model, bad, "pat", TrainConfig(progress=False))
     assert lab.queries == q0
+    assert Trainer(model, task, "pat", TrainConfig(epochs="3", progress=False)).cfg.epochs == 3  # converted, as YAML's
 
 
 def test_features_of_another_dtype_are_refused_and_narrow_integer_labels_train_like_int64():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -194,10 +195,20 @@ def test_measurement_sets_and_twin_fits_refuse_data_that_does_not_fit(lab4, data
         fit_twin(lab4.ideal_twin(), bad, epochs=1)
     with pytest.raises(ConfigError, match="too few measurements \\(2\\) to fit a twin"):
         fit_twin(lab4.ideal_twin(), data4.subset(torch.arange(2)), epochs=1)
-    with pytest.raises(ConfigError, match="need epochs ≥ 1"):
-        fit_twin(lab4.ideal_twin(), data4, epochs=0)
+    for kw in (dict(epochs=0), dict(weight_decay=-1.0), dict(lr=math.inf), dict(seed=-1)):
+        with pytest.raises(ConfigError, match=r"^fit_twin: need epochs, batch_size, patience ≥ 1, a finite lr > 0"):
+            fit_twin(lab4.ideal_twin(), data4, **kw)
+    with pytest.raises(ConfigError, match=r"^fit_twin: epochs must be an integer, got 2.5$"):
+        fit_twin(lab4.ideal_twin(), data4, epochs=2.5)
+    for kw, msg in [(dict(seed=-1), r"seed must be in 0 … 2\*\*32 − 1, got -1"),
+                    (dict(inputs_per_setting=2.5), "inputs_per_setting must be an integer, got 2.5")]:
+        with pytest.raises(ConfigError, match=rf"^acquire: {msg}$"):
+            acquire(lab4, 16, **kw)
+    with pytest.raises(ConfigError, match=r"^acquire: system must be a PhysicalSystem .*got function$"):
+        acquire(lambda x: x, 16)
     other = make_lab("oscillators", n=5)
-    with pytest.raises(TwinError, match=r"twin for 'oscillators' \(in 5, out 5.*measurements of 'oscillators' \(in 4"):
+    with pytest.raises(TwinError, match=r"twin for 'oscillators' \(in 5, out 5.*measurements of 'oscillators' \(in 4.*"
+                                        r": input_dim 5 vs 4; output_dim 5 vs 4; .*\(the twin's vs the data's\)$"):
         fit_twin(other.ideal_twin(), data4, epochs=1)
     with pytest.raises(ConfigError, match="dtype must be torch.float32 or torch.float64"):
         acquire(lab4, 16, dtype=torch.long)

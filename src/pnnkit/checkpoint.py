@@ -140,7 +140,9 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     problems = (some("missing", missing) + some("unexpected", unexpected) + some("shapes", shapes, "; ", 3)
                 + some("not floating point:", kinds))
     if problems:
-        raise ConfigError(f"weights {path} do not fit this network: {'; '.join(problems)}")
+        hint = (f" ({path.name} of a trainer checkpoint is read with its {path.with_suffix('.json').name}, which is "
+                "not beside it)" if path.stem == "checkpoint" and not path.with_suffix(".json").exists() else "")
+        raise ConfigError(f"weights {path} do not fit this network: {'; '.join(problems)}{hint}")
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise ConfigError(f"weights {path} hold NaN or inf in {', '.join(bad[:4])}" + (" …" if len(bad) > 4 else ""))

@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from .errors import ConfigError
 from .networks import NetworkConfig
+from .options import StrictModel
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .inf / .nan mean nothing in a config
+_Strict = StrictModel  # the base of every config model here
 
 
 SEED_LIMIT = 2**32
@@ -46,6 +46,14 @@ class LabConfig(_Strict):
     seed: Seed = 0
     imperfection_scale: float = Field(1.0, ge=0)
     options: dict[str, Any] = {}
+
+    @field_validator("options")
+    @classmethod
+    def _not_a_field(cls, v: dict[str, Any]) -> dict[str, Any]:
+        own = [k for k in ("unit", "seed", "imperfection_scale") if k in v]
+        if own:
+            raise ValueError(f"{own[0]} is set as lab.{own[0]}, not as lab.options.{own[0]}")
+        return v
 
 
 class TwinFitConfig(_Strict):

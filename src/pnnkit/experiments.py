@@ -268,8 +268,9 @@ def twin_to_use(cfg: TwinConfig, out: Path, resume: bool) -> TwinConfig:
 
 def build_pieces(cfg: ExperimentConfig) -> tuple[ClassificationTask, PhysicalSystem, int]:
     """The task and lab of ``cfg``, and the digital parameter count of its network, built before anything is
-    measured or written: a bad ``training.augment``, a network that does not fit the task and lab, or a ``twin.path``
-    that is not a twin of this lab fails here."""
+    measured or written: a bad ``training.augment``, a network that does not fit the task and lab (or has no physical
+    layer), a digital baseline that cannot be built, ``cv_folds`` the data cannot split, or a ``twin.path`` that is
+    not a twin of this lab fails here."""
     task = load_task(cfg.task.name, **cfg.task.options)
     augmentation(_augment_spec(cfg), task)
     system = build_lab(cfg.lab)
@@ -289,6 +290,9 @@ def build_pieces(cfg: ExperimentConfig) -> tuple[ClassificationTask, PhysicalSys
                               "(each stratified fold needs one of every class)")
     if cfg.training.init_weights:  # a missing file, or weights of another network or lab, fail here
         load_weights(net, cfg.training.init_weights)
+    if cfg.digital_baseline is not None:
+        with torch.random.fork_rng(devices=[]):  # built to be checked only: the run's random state stays as it was
+            baseline_network(cfg, task, cfg.digital_baseline)
     return task, system, count_digital_parameters(net)
 
 
@@ -515,8 +519,9 @@ def _without_physical(net: NetworkConfig) -> NetworkConfig:
     return NetworkConfig(depth=net.depth, stem=strip(net.stem), layer=strip(net.layer), head=strip(net.head))
 
 
-def digital_baseline(cfg: ExperimentConfig, task: ClassificationTask, b: DigitalBaselineConfig) -> dict[str, Any]:
-    """Train a purely digital classifier on the same features (no device involved)."""
+def baseline_network(cfg: ExperimentConfig, task: ClassificationTask, b: DigitalBaselineConfig) -> torch.nn.Module:
+    """The digital baseline's network (built by :func:`build_pieces` too, so one that cannot be built fails before
+    anything is measured)."""
     if b.kind == "without_physical":
         net = _without_physical(cfg.network)
     elif b.kind == "logistic":
@@ -532,6 +537,12 @@ def digital_baseline(cfg: ExperimentConfig, task: ClassificationTask, b: Digital
         model = build_network(net, task.n_features, task.n_classes, None, None, seed=cfg.seed)
     except ConfigError as e:
         raise ConfigError(f"digital_baseline {b.kind!r}: {e}; use kind 'mlp' with explicit hidden widths") from e
+    return model
+
+
+def digital_baseline(cfg: ExperimentConfig, task: ClassificationTask, b: DigitalBaselineConfig) -> dict[str, Any]:
+    """Train a purely digital classifier on the same features (no device involved)."""
+    model = baseline_network(cfg, task, b)
     t = cfg.training
     tc = _train_config(cfg, epochs=b.epochs or t.epochs, lr=b.lr or t.lr, monitor_physical=False, progress=False)
     res = Trainer(model, task, "physical", tc).fit()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from scipy.stats import qmc
 from torch import Tensor
 
+from .config import SEED_LIMIT
 from .errors import ConfigError, DataError
 from .spec import SystemSpec
 from .system import PhysicalSystem, clamp_to_range
@@ -190,8 +192,17 @@ def acquire(
     ``inputs_per_setting`` inputs from a second design over the input box is measured in one call (devices
     change θ slowly and measure batches fast). Each call is repeated ``repeats`` times to estimate noise.
     """
+    if not isinstance(system, PhysicalSystem):
+        raise ConfigError(f"acquire: system must be a PhysicalSystem (make_lab(...), FunctionSystem(fn, spec) or a "
+                          f"subclass), got {type(system).__name__}")
+    counts = {"n_samples": n_samples, "inputs_per_setting": inputs_per_setting, "repeats": repeats, "seed": seed}
+    for name, v in counts.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise ConfigError(f"acquire: {name} must be an integer, got {v!r}")
     if n_samples < 2 or inputs_per_setting < 1 or repeats < 1:
         raise ConfigError("acquire: need n_samples ≥ 2, inputs_per_setting ≥ 1, repeats ≥ 1")
+    if not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(f"acquire: seed must be in 0 … 2**32 − 1, got {seed}")
     if dtype not in (torch.float32, torch.float64):
         raise ConfigError(f"acquire: dtype must be torch.float32 or torch.float64, got {dtype}")
     spec = system.spec

@@ -6,17 +6,17 @@ import math
 from typing import Annotated, Literal, Union
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from .errors import ConfigError
 from .layers import ElementwiseRescale, ParallelPhysical, PhysicalLayer, PixelViews, Pool, Slice
+from .options import StrictModel
 from .pat import Twin
 from .system import PhysicalSystem
 
 
-class _Block(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+_Block = StrictModel  # the base of every block config
 
 
 class PhysicalBlock(_Block):

@@ -5,7 +5,8 @@ parameter is annotated with a plain type (``int``, ``float``, ``bool``, ``str``,
 validated by pydantic and converted (``49.0`` → 49, the YAML-1.1 string ``"5e-6"`` → 5e-6); a value that does not fit
 is named in a one-line :class:`~pnnkit.errors.ConfigError` instead of failing somewhere inside the constructor. A
 mapping given for a dataclass-annotated parameter (``timing: {t_segment: 5e-6}``) has its keys checked the same way
-against the dataclass's fields. Parameters with other annotations (tensors, dtypes) are passed on unchanged.
+against the dataclass's fields, and anything else given for it is refused; a ``torch.dtype`` parameter takes the
+name ``float32`` or ``float64``. Parameters with other annotations (tensors) are passed on unchanged.
 """
 
 from __future__ import annotations
@@ -17,11 +18,44 @@ import types
 import typing
 from typing import Any, Callable
 
-from pydantic import TypeAdapter, ValidationError
+import torch
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, model_validator
 
 from .errors import ConfigError
 
 _PLAIN = (int, float, bool, str)
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def float_dtype_named(value: Any) -> torch.dtype | None:
+    """``torch.float32``/``torch.float64`` for themselves or their names (``"float64"``, ``"torch.float64"``), else
+    None: a lab's values are real, and lower precision rounds past their declared ranges."""
+    if isinstance(value, torch.dtype):
+        return value if value in _DTYPES.values() else None
+    return _DTYPES.get(value.removeprefix("torch.")) if isinstance(value, str) else None
+
+
+def _admits_bool(hint: Any) -> bool:
+    if typing.get_origin(hint) is typing.Annotated:
+        return _admits_bool(typing.get_args(hint)[0])
+    return any(p is bool or p is Any or p is object for p in _parts(hint))
+
+
+class StrictModel(BaseModel):
+    """Base of the config models: unknown keys, ``.inf``/``.nan`` (meaningless in a config) and ``true``/``false``
+    where a number belongs (pydantic would read them as 1/0) are refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, v in data.items():
+                field = cls.model_fields.get(key) if isinstance(v, bool) else None
+                if field is not None and not _admits_bool(field.annotation):
+                    raise ValueError(f"{key} must be a number or a name, got the boolean {str(v).lower()}")
+        return data
 
 
 def _parts(hint: Any) -> tuple[Any, ...]:
@@ -49,6 +83,11 @@ def _hints(target: Callable[..., Any]) -> dict[str, Any]:
 
 def _convert(what: str, key: str, hint: Any, value: Any) -> Any:
     parts = _parts(hint)
+    if torch.dtype in parts:  # YAML gives a name
+        dtype = float_dtype_named(value)
+        if dtype is None:
+            raise ConfigError(f"{what}: option {key!r} must be float32 or float64, got {value!r}")
+        return dtype
     if isinstance(value, bool) and bool not in parts:
         raise ConfigError(f"{what}: option {key!r} must be {_type_name(hint)}, got {value!r}")
     try:
@@ -92,10 +131,13 @@ def check_options(what: str, target: Callable[..., Any], options: dict[str, Any]
         hint = hints.get(key)
         if hint is None:
             continue
-        if _is_plain(hint):
+        cls = next((p for p in _parts(hint) if dataclasses.is_dataclass(p)), None)
+        if _is_plain(hint) or torch.dtype in _parts(hint):
             out[key] = _convert(what, key, hint, value)
+        elif cls is not None and not (isinstance(value, (dict, cls)) or (value is None and type(None) in _parts(hint))):
+            raise ConfigError(f"{what}: option {key!r} must be a mapping of {cls.__name__}'s fields "
+                              f"({', '.join(f.name for f in dataclasses.fields(cls))}), got {value!r}")
         elif isinstance(value, dict):
-            cls = next((p for p in _parts(hint) if dataclasses.is_dataclass(p)), None)
             if cls is not None:
                 refuse_unknown(f"{what} option {key!r}", value, {f.name for f in dataclasses.fields(cls)})
                 fields = _hints(cls)

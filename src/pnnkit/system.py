@@ -20,7 +20,7 @@ from .spec import SystemSpec
 Params = Mapping[str, Tensor]
 
 
-_HALF = (torch.float16, torch.bfloat16)
+_CHECKED_FLOATS = (torch.float32, torch.float64)
 _NO_READING = object()  # measure() has not returned
 
 
@@ -68,14 +68,33 @@ def _finite_within(t: Tensor, low: float, high: float) -> bool:
     return math.isfinite(lo) and math.isfinite(hi) and low <= lo and hi <= high
 
 
+def _refused_dtype(t: Tensor) -> bool:
+    """Whether values of ``t``'s dtype cannot be range-checked exactly: complex, bool, and floats other than
+    float32/float64 (half precision and float8 round past a bound). Integers are checked exactly."""
+    return t.is_complex() or t.dtype == torch.bool or (t.is_floating_point() and t.dtype not in _CHECKED_FLOATS)
+
+
+def _why_not(dtype: torch.dtype) -> str:
+    if dtype.is_complex:
+        return " (a device takes real values; the imaginary part would be dropped)"
+    if dtype == torch.bool:
+        return ""
+    return " (lower precision rounds values past the hard range)"
+
+
 def _unit(unit: str) -> str:
     """`` unit`` for a message, or nothing for a dimensionless value (unit ``"1"``)."""
     return "" if unit in ("", "1") else f" {unit}"
 
 
 def _outside(t: Tensor, low: float, high: float) -> bool:
-    """Whether any value of ``t`` lies outside ``[low, high]``, compared exactly (in float64)."""
+    """Whether any value of ``t`` lies outside ``[low, high]``, compared exactly (floats in float64, integers with
+    the integer bounds inside the range, so an int64 beyond 2⁵³ is not rounded onto a bound)."""
     d = t.detach()
+    if not d.is_floating_point():
+        info = torch.iinfo(d.dtype)
+        lo, hi = max(math.ceil(low), info.min), min(math.floor(high), info.max)
+        return lo > hi or bool((d < lo).any()) or bool((d > hi).any())
     if d.dtype != torch.float64:
         d = d.double()
     return bool((d < low).any()) or bool((d > high).any())
@@ -162,9 +181,8 @@ class PhysicalSystem(ABC):
         batch = x.shape[0]
         if batch == 0:
             raise ShapeError(f"{spec.name}: empty batch")
-        if x.dtype in _HALF:
-            raise ShapeError(f"{spec.name}: x is {x.dtype}; use float32 or float64 (half precision rounds values "
-                             "past the hard range)")
+        if _refused_dtype(x):
+            raise ShapeError(f"{spec.name}: x is {x.dtype}; use float32 or float64{_why_not(x.dtype)}")
         lo, hi = spec.input_low, spec.input_high
         if not _finite_within(x, lo, hi):  # fast path: one reduction; otherwise the detailed checks below
             if not torch.isfinite(x).all():
@@ -174,6 +192,9 @@ class PhysicalSystem(ABC):
                     f"{spec.name}: input outside its hard range [{lo}, {hi}]{_unit(spec.input_unit)} "
                     f"(min {x.min().item():.9g}, max {x.max().item():.9g}); constrain it before the call"
                 )
+        if not (hasattr(params, "items") and hasattr(params, "__getitem__")):
+            raise ShapeError(f"{spec.name}: params must be a mapping of parameter name → tensor "
+                             f"({spec.param_names}), got {type(params).__name__}")
         missing = set(spec.param_names) - set(params)
         extra = set(params) - set(spec.param_names)
         if missing or extra:
@@ -186,8 +207,9 @@ class PhysicalSystem(ABC):
             v = params[p.name]
             if not isinstance(v, Tensor):
                 raise ShapeError(f"{spec.name}: parameter {p.name!r} must be a tensor")
-            if v.dtype in _HALF:
-                raise ShapeError(f"{spec.name}: parameter {p.name!r} is {v.dtype}; use float32 or float64")
+            if _refused_dtype(v):
+                raise ShapeError(f"{spec.name}: parameter {p.name!r} is {v.dtype}; use float32 or float64"
+                                 f"{_why_not(v.dtype)}")
             ok_shared = tuple(v.shape) == p.shape
             ok_batched = self.batched_params and tuple(v.shape) == (batch, *p.shape)
             if not (ok_shared or ok_batched):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,12 @@ from torch.nn import functional as F
 from .allocator import auto_retain
 from .augment import RandomAffine
 from .checkpoint import load_checkpoint, save_checkpoint
+from .config import SEED_LIMIT
 from .errors import ConfigError, DivergenceError
 from .layers import (
     Mode, init_from_data, physical_layers, project_parameters, set_mode, set_overlap, using_mode,
 )
+from .options import check_options
 from .system import PhysicalSystem
 from .tasks import ClassificationTask
 
@@ -322,9 +324,21 @@ def detach_device_logs(model: nn.Module, logs: list[Any]) -> None:
             lg.close()
 
 
-def _check_settings(cfg: TrainConfig) -> None:
-    """One-line errors for training settings that mean nothing (checked before any device time is spent)."""
-    for name in ("epochs", "batch_size"):
+def _check_settings(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its values of the annotated types (``3.0`` → 3 for an int), or a one-line error for settings
+    that mean nothing: another type, a fraction or a boolean for a count, a non-finite number, a value out of
+    range (checked before any device time is spent)."""
+    cfg = replace(cfg, **check_options("training", TrainConfig, asdict(cfg)))
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"training: option {f.name!r} must be a finite number, got {v}")
+    if not 0 <= cfg.seed < SEED_LIMIT:
+        raise ConfigError(f"training: option 'seed' must be in 0 … 2**32 − 1, got {cfg.seed}")
+    for name in ("weight_decay", "refit_l2"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name} must be ≥ 0, got {getattr(cfg, name)}")
+    for name in ("epochs", "batch_size", "init_samples"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be ≥ 1, got {getattr(cfg, name)}")
     if not cfg.lr >= 0:
@@ -333,6 +347,7 @@ def _check_settings(cfg: TrainConfig) -> None:
         v = getattr(cfg, name)
         if v is not None and not v >= 0:
             raise ConfigError(f"{name} must be ≥ 0 (0 freezes those parameters), got {v}")
+    return cfg
 
 
 def _float_dtype(model: nn.Module) -> torch.dtype | None:
@@ -397,11 +412,10 @@ class Trainer:
         out_dir: str | Path | None = None,
     ) -> None:
         self.model, self.task, self.mode = model, task, mode
-        self.cfg = config or TrainConfig()
+        self.cfg = _check_settings(config or TrainConfig())
         self.out_dir = Path(out_dir) if out_dir else None
         if self.out_dir is not None and self.out_dir.exists() and not self.out_dir.is_dir():
             raise ConfigError(f"out_dir {self.out_dir} is a file, not a directory for the run's logs and checkpoints")
-        _check_settings(self.cfg)
         self.task = task = _check_task(task, _float_dtype(model))
         has_physical = any(True for _ in physical_layers(model))
         if mode not in ("pat", "in_silico", "exact", "physical") or (mode == "physical" and has_physical):

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 import math
+import numbers
 import operator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from .checkpoint import write_safetensors
+from .config import SEED_LIMIT
 from .errors import ConfigError, DataError, ShapeError, TwinError
 from .measurements import MeasurementSet, keep_existing
 from .spec import SystemSpec
@@ -299,10 +301,16 @@ def fit_twin(
         a, b = twin.spec, data.spec
         raise TwinError(f"twin for {a.name!r} (in {a.input_dim}, out {a.output_dim}, params {a.param_names}) cannot "
                         f"be fitted to measurements of {b.name!r} (in {b.input_dim}, out {b.output_dim}, params "
-                        f"{b.param_names}, or other ranges)")
-    if epochs < 1 or batch_size < 1 or not lr > 0 or not 0 < val_fraction < 1:
-        raise ConfigError(f"fit_twin: need epochs ≥ 1, batch_size ≥ 1, lr > 0 and 0 < val_fraction < 1; got "
-                          f"epochs={epochs}, batch_size={batch_size}, lr={lr}, val_fraction={val_fraction}")
+                        f"{b.param_names}): " + "; ".join(a.interface_differences(b)) + " (the twin's vs the data's)")
+    for name, v in {"epochs": epochs, "batch_size": batch_size, "patience": patience, "seed": seed}.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise ConfigError(f"fit_twin: {name} must be an integer, got {v!r}")
+    if (epochs < 1 or batch_size < 1 or patience < 1 or not 0 < lr < math.inf or not 0 < val_fraction < 1
+            or not 0 <= weight_decay < math.inf or not 0 <= seed < SEED_LIMIT):
+        raise ConfigError(f"fit_twin: need epochs, batch_size, patience ≥ 1, a finite lr > 0, 0 < val_fraction < 1, a "
+                          f"finite weight_decay ≥ 0 and 0 ≤ seed < 2**32; got epochs={epochs}, batch_size={batch_size}, "
+                          f"patience={patience}, lr={lr}, val_fraction={val_fraction}, weight_decay={weight_decay}, "
+                          f"seed={seed}")
     bad = int((~torch.isfinite(data.y)).flatten(1).any(1).sum()) + int((~torch.isfinite(data.x)).any(1).sum())
     if bad:
         raise DataError(f"fit_twin: {bad} measurements contain NaN or inf; drop them first (a log's "

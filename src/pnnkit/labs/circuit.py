@@ -34,11 +34,13 @@ from __future__ import annotations
 import bisect
 import functools
 import math
+import numbers
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, ClassVar
@@ -48,10 +50,13 @@ import torch
 from torch import Tensor, nn
 from torchdiffeq import odeint
 
+from ..config import SEED_LIMIT
 from ..errors import ConfigError, DeviceError
+from ..options import refuse_unknown
 from ..spec import ParamSpec, SystemSpec
 from ..system import Params
 from . import VirtualLab, register_lab, resolve_imperfections
+from .checks import MAX_BITS, float_dtype
 from ..twins import DigitalTwin, register_twin
 
 K_BOLTZMANN = 1.380649e-23  # J/K (exact, SI 2019)
@@ -71,6 +76,96 @@ Q2N3904_CARD: dict[str, float] = {
     "CJC": 3.638e-12, "MJC": 0.3085, "VJC": 0.75, "FC": 0.5, "CJE": 4.493e-12, "MJE": 0.2593, "VJE": 0.75,
     "TR": 239.5e-9, "TF": 301.2e-12, "ITF": 0.4, "VTF": 4.0, "XTF": 2.0, "RB": 10.0,
 }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# option checks: every refusal is one line, "circuit: <option> must be <allowed>, got <value>"
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Allowed:
+    """The values an option may take: a real or integer number between ``lo`` and ``hi`` (None: unbounded), each
+    end open or closed (reals must also be finite), or a flag (``kind="bool"``)."""
+
+    lo: float = 0.0
+    hi: float | None = None
+    lo_open: bool = True
+    hi_open: bool = False
+    unit: str = ""
+    kind: str = "real"  # "real" | "int" | "bool"
+    none: str = ""  # if set, None is allowed too and means this
+
+    def text(self) -> str:
+        if self.kind == "bool":
+            return "true or false"
+        what = "an integer" if self.kind == "int" else "a finite number" if self.hi is None else "a number"
+        lo, hi = (f"{b:g}" if isinstance(b, float) else str(b) for b in (self.lo, self.hi))
+        if self.hi is None:
+            text = f"{what} {'>' if self.lo_open else '≥'} {lo}{self.unit}"
+        else:
+            text = f"{what} in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}{self.unit}"
+        return text + (f" or None ({self.none})" if self.none else "")
+
+    def admits(self, v: Any) -> bool:
+        if v is None:
+            return bool(self.none)
+        if self.kind == "bool":
+            return isinstance(v, (bool, np.bool_))
+        number = numbers.Integral if self.kind == "int" else numbers.Real
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, number):
+            return False
+        if not isinstance(v, numbers.Integral) and not math.isfinite(v):
+            return False
+        above = v > self.lo if self.lo_open else v >= self.lo
+        below = self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+        return above and below
+
+    def check(self, option: str, v: Any) -> None:
+        if not self.admits(v):
+            raise _refusal(option, v, self.text())
+
+
+def _shown(v: Any) -> str:
+    """A value as a message shows it (numbers plainly, to 12 digits; anything else as its repr)."""
+    if isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)):
+        return str(int(v))
+    if isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)):
+        return f"{float(v):.12g}"
+    return repr(v)
+
+
+def _refusal(option: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"circuit: {option} must be {allowed}, got {_shown(value)}")
+
+
+def _check_fields(obj: Any, option: str, rules: dict[str, _Allowed]) -> None:
+    """Each field of the dataclass ``obj`` (the lab's option ``option``) against its rule."""
+    for name, rule in rules.items():
+        rule.check(f"{option}.{name}", getattr(obj, name))
+
+
+_POSITIVE_V = _Allowed(unit=" V")
+_NOISE_V = _Allowed(lo_open=False, unit=" V")
+_TOLERANCE = _Allowed(lo_open=False, hi=1.0, hi_open=True)  # uniform ±tol: the part's value stays > 0
+_SPREAD = _Allowed(lo_open=False, hi=2.0)  # log-normal σ: 2 is a factor e² ≈ 7.4 per σ, beyond any real parts
+_BITS = _Allowed(lo_open=False, hi=MAX_BITS, kind="int")  # 0 = no quantisation
+_FLAG = _Allowed(kind="bool")
+_COUNT = _Allowed(lo=1, lo_open=False, kind="int")
+_SEED = _Allowed(lo_open=False, hi=SEED_LIMIT, hi_open=True, kind="int")
+_float_dtype = functools.partial(float_dtype, "circuit")
+
+
+def _design(option: str, value: Any, cls: type) -> Any:
+    """Option ``option`` as a ``cls``: the defaults for None, an instance as it is, or a mapping of its fields
+    (which ``cls`` then checks)."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    names = [f.name for f in fields(cls)]
+    if isinstance(value, Mapping):
+        refuse_unknown(f"circuit: {option}", dict(value), set(names))
+        return cls(**value)
+    raise _refusal(option, value, f"a {cls.__name__} or a mapping of its fields ({', '.join(names)})")
 
 
 @dataclass(frozen=True)
@@ -98,6 +193,11 @@ class CircuitComponents:
     l: float = 33e-3
     ct: float = 33e-9
 
+    def __post_init__(self) -> None:
+        """Every value a finite number > 0 in its unit."""
+        units = {"vcc": " V", "r1": " Ω", "rb": " Ω", "cb": " F", "rc": " Ω", "rl": " Ω", "l": " H", "ct": " F"}
+        _check_fields(self, "components", {k: _Allowed(unit=u) for k, u in units.items()})
+
 
 @dataclass(frozen=True)
 class CircuitTiming:
@@ -112,6 +212,19 @@ class CircuitTiming:
     t_segment: float = 50e-6
     t_rise: float = 1e-6
     adc_rate: float = 200e3
+
+    def __post_init__(self) -> None:
+        """Finite positive times and rate; a segment is a whole number of ADC periods and the slew lies within one
+        (so the drive's knots are in order and every ADC sample falls on a level or the end of a slew)."""
+        _check_fields(self, "timing", {"t_segment": _Allowed(unit=" s"), "t_rise": _Allowed(unit=" s"),
+                                       "adc_rate": _Allowed(unit=" S/s")})
+        per = self.t_segment * self.adc_rate
+        if abs(per - round(per)) > 1e-9 or round(per) < 1:
+            raise _refusal("timing.t_segment", self.t_segment,
+                           f"a whole number ≥ 1 of ADC sample periods (1/timing.adc_rate = {self.adc_dt:g} s)")
+        if not self.t_rise < self.adc_dt:
+            raise _refusal("timing.t_rise", self.t_rise,
+                           f"shorter than one ADC sample period (1/timing.adc_rate = {self.adc_dt:g} s)")
 
     @property
     def adc_dt(self) -> float:
@@ -166,13 +279,27 @@ class CircuitImperfections:
         "resistor_tolerance", "capacitor_tolerance", "inductor_tolerance", "supply_tolerance", "beta_spread",
         "is_spread", "drive_noise", "adc_noise",
     )
+    _ALLOWED: ClassVar[dict[str, _Allowed]] = {
+        "resistor_tolerance": _TOLERANCE, "capacitor_tolerance": _TOLERANCE, "inductor_tolerance": _TOLERANCE,
+        "supply_tolerance": _TOLERANCE, "beta_spread": _SPREAD, "is_spread": _SPREAD, "drive_noise": _NOISE_V,
+        "adc_noise": _NOISE_V, "johnson": _FLAG, "drive_bits": _BITS, "drive_range": _POSITIVE_V, "adc_bits": _BITS,
+        "adc_range": _POSITIVE_V,
+    }
+
+    def __post_init__(self) -> None:
+        """Tolerances in [0, 1) (a part stays positive), log-normal spreads in [0, 2], noise levels finite ≥ 0 V,
+        converter bits integers 0 … 32, converter ranges finite > 0 V (the DAQ's range holds at any resolution)."""
+        _check_fields(self, "imperfections", self._ALLOWED)
 
     def scaled(self, factor: float) -> "CircuitImperfections":
         """Tolerances and noise levels × ``factor`` (quantisation unchanged; factor 0 also drops Johnson noise)."""
         changes: dict[str, Any] = {k: getattr(self, k) * factor for k in self._SCALED}
         if factor == 0:
             changes["johnson"] = False
-        return replace(self, **changes)
+        try:
+            return replace(self, **changes)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (after imperfection_scale {factor:g})") from None
 
     @classmethod
     def none(cls) -> "CircuitImperfections":
@@ -219,7 +346,8 @@ def pwl_values(levels: np.ndarray | Tensor) -> np.ndarray | Tensor:
 def bin_matrix(n_samples: int, output_dim: int) -> np.ndarray:
     """(output_dim, n_samples) averaging matrix: sample j (taken at t = (j+1)/adc_rate) goes to bin ⌊j·D/N⌋."""
     if n_samples < output_dim:
-        raise ConfigError(f"output_dim {output_dim} exceeds the {n_samples} ADC samples of the drive window")
+        raise ConfigError(f"circuit: output_dim must be at most the {n_samples} ADC samples of the drive window "
+                          f"((n_inputs + n_params) × timing.t_segment × timing.adc_rate), got {output_dim}")
     b = (np.arange(n_samples) * output_dim) // n_samples
     m = np.zeros((output_dim, n_samples))
     m[b, np.arange(n_samples)] = 1.0
@@ -555,11 +683,7 @@ class _ODEPlan:
 
 @functools.lru_cache(maxsize=32)
 def _ode_plan(n_seg: int, timing: CircuitTiming, substeps: int) -> _ODEPlan:
-    m = timing.samples_per_segment
-    if abs(m - timing.t_segment * timing.adc_rate) > 1e-9 or m < 1:
-        raise ConfigError("t_segment must be a whole number of ADC sample periods")
-    if not (0 < timing.t_rise < timing.adc_dt):
-        raise ConfigError("t_rise must be positive and shorter than one ADC sample period")
+    m = timing.samples_per_segment  # a whole number ≥ 1, and t_rise < one ADC period: CircuitTiming checks both
     if substeps < 1:
         raise ConfigError(f"substeps must be ≥ 1, got {substeps}")
     knots = pwl_knots(n_seg, timing)
@@ -868,7 +992,8 @@ class CircuitLab(VirtualLab):
         n_params: trainable drive values ``theta`` (segments interleaved with the inputs, see :func:`drive_order`).
         output_dim: number of equal time bins the collector-voltage record is averaged into.
         unit: seed of this unit's fixed component values (different seeds = different units of the same design).
-        ideal: nominal components, no noise, no quantisation (reality is still ngspice's full transistor model).
+        ideal: nominal components, no noise, no quantisation (reality is still ngspice's full transistor model, and
+            the DAQ still has its ±10 V range: input_max and param_max must lie within it).
         imperfections: see :class:`CircuitImperfections`.
         seed: seed of the per-measurement noise (state in :meth:`get_state`).
         workers: concurrent ngspice processes (default: the number of CPUs).
@@ -880,6 +1005,9 @@ class CircuitLab(VirtualLab):
         components, timing: the design (see :class:`CircuitComponents`, :class:`CircuitTiming`).
         spice_tmax, spice_reltol: ngspice's maximum internal step and relative tolerance.
         ngspice: the ngspice executable.
+
+    Every option is checked before anything is built (one-line :class:`ConfigError` naming it); the rules of the
+    three dataclasses are in their ``__post_init__``.
     """
 
     batched_params = True
@@ -906,10 +1034,35 @@ class CircuitLab(VirtualLab):
         spice_reltol: float = 1e-4,
         ngspice: str = "ngspice",
     ) -> None:
-        if n_inputs < 1 or n_params < 0 or output_dim < 1:
-            raise ConfigError("circuit lab needs n_inputs ≥ 1, n_params ≥ 0, output_dim ≥ 1")
+        # every option is checked before anything is drawn, simulated or started
+        for name, value, rule in (
+            ("n_inputs", n_inputs, _COUNT), ("n_params", n_params, _Allowed(lo_open=False, kind="int")),
+            ("output_dim", output_dim, _COUNT), ("unit", unit, _SEED), ("seed", seed, _SEED), ("ideal", ideal, _FLAG),
+            ("workers", workers, replace(_COUNT, none="one per CPU")),
+            ("circuits_per_run", circuits_per_run, replace(_COUNT, none="an equal share of the batch per worker")),
+            ("input_max", input_max, _POSITIVE_V), ("param_max", param_max, _POSITIVE_V),
+            ("spice_tmax", spice_tmax, _Allowed(unit=" s")),
+            ("spice_reltol", spice_reltol, _Allowed(hi=1.0, hi_open=True)),
+        ):
+            rule.check(name, value)
         if backend not in ("ngspice", "ode"):
-            raise ConfigError(f"circuit lab backend must be 'ngspice' or 'ode', got {backend!r}")
+            raise _refusal("backend", backend, "'ngspice' or 'ode'")
+        if not (isinstance(ngspice, str) and ngspice):
+            raise _refusal("ngspice", ngspice, "the name or path of the ngspice executable")
+        dtype = _float_dtype(dtype)
+        imp = _design("imperfections", imperfections, CircuitImperfections)
+        self.imperfections = imp = CircuitImperfections.none() if ideal else imp
+        self.design = _design("components", components, CircuitComponents)
+        self.timing = _design("timing", timing, CircuitTiming)
+        # A DAQ cannot play a level beyond its output range at any resolution (ideal=True included: no quantiser,
+        # but the same DAQ)
+        if max(input_max, param_max) > imp.drive_range:
+            raise ConfigError(f"circuit: input_max/param_max ({max(input_max, param_max):g} V) exceed the DAQ's "
+                              f"±{imp.drive_range:g} V output range (imperfections.drive_range)")
+        self.n_inputs, self.n_params, self.output_dim = int(n_inputs), int(n_params), int(output_dim)
+        self.n_segments = self.n_inputs + self.n_params
+        self.n_samples = self.n_segments * self.timing.samples_per_segment
+        self._bins = bin_matrix(self.n_samples, self.output_dim)
         if backend == "ngspice":
             exe = shutil.which(ngspice)
             if exe is None:
@@ -919,31 +1072,20 @@ class CircuitLab(VirtualLab):
             self.ngspice = ngspice
         self.backend = backend
         self.differentiable = backend == "ode"
-        self.n_inputs, self.n_params, self.output_dim = int(n_inputs), int(n_params), int(output_dim)
         self.unit, self.ideal = int(unit), bool(ideal)
-        self.imperfections = CircuitImperfections.none() if ideal else (imperfections or CircuitImperfections())
-        self.design = components or CircuitComponents()
-        self.timing = timing or CircuitTiming()
         self.card = dict(Q2N3904_CARD)
         if ideal:
             self.components = self.design
             self.unit_card = dict(self.card)
         else:
             self.components, self.unit_card = unit_values(self.design, self.card, self.imperfections, self.unit)
-        self.workers = int(workers) if workers else (os.cpu_count() or 1)
-        self.circuits_per_run = circuits_per_run
+        self.workers = int(workers) if workers is not None else (os.cpu_count() or 1)
+        self.circuits_per_run = None if circuits_per_run is None else int(circuits_per_run)
         self.dtype = dtype
         self.spice_tmax, self.spice_reltol = float(spice_tmax), float(spice_reltol)
         self.order = drive_order(self.n_inputs, max(self.n_params, 1))[: self.n_inputs + self.n_params]
         if self.n_params == 0:
             self.order = np.arange(self.n_inputs)
-        self.n_segments = self.n_inputs + self.n_params
-        self.n_samples = self.n_segments * self.timing.samples_per_segment
-        self._bins = bin_matrix(self.n_samples, self.output_dim)
-        imp = self.imperfections
-        if imp.drive_bits and max(input_max, param_max) > imp.drive_range:
-            raise ConfigError(f"circuit: input_max/param_max ({max(input_max, param_max):g} V) exceed the DAQ's "
-                              f"±{imp.drive_range:g} V output range (imperfections.drive_range)")
         vt_noise = 0.0
         if imp.johnson:
             r_out = self.components.rc + self.components.rl
@@ -1132,11 +1274,6 @@ class CircuitODETwin(DigitalTwin):
 
 def _make(**options: Any) -> CircuitLab:
     imp = resolve_imperfections(options, CircuitImperfections)
-    for key, cls in (("components", CircuitComponents), ("timing", CircuitTiming)):
-        if isinstance(options.get(key), dict):
-            options[key] = cls(**options[key])
-    if isinstance(options.get("dtype"), str):
-        options["dtype"] = getattr(torch, options["dtype"])
     return CircuitLab(imperfections=imp, **options)
 
 

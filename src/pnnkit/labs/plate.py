@@ -31,8 +31,10 @@ Batched over samples and modes; the only Python loop is over time steps.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-from collections.abc import Iterator
+import numbers
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, ClassVar
 
@@ -40,10 +42,12 @@ import torch
 from torch import Tensor, nn
 from torchdiffeq import odeint
 
+from ..config import SEED_LIMIT
 from ..errors import ConfigError
 from ..spec import ParamSpec, SystemSpec
 from ..system import Params
 from . import VirtualLab, register_lab, resolve_imperfections
+from .checks import MAX_BITS, check, check_fields, finite, float_dtype, nonneg, positive
 from ..twins import DigitalTwin, register_twin
 
 __all__ = [
@@ -57,6 +61,25 @@ __all__ = [
     "simulate_reference",
     "transfer_function",
 ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# option checks
+# ----------------------------------------------------------------------------------------------------------
+_check = functools.partial(check, "plate")  # one-line "plate: <option> must be …, got …" errors
+_check_fields = functools.partial(check_fields, "plate")
+_float_dtype = functools.partial(float_dtype, "plate")
+
+
+def _point(name: str, value: Any) -> tuple[float, float]:
+    """A (ξ, η) position on the plate: two numbers strictly inside (0, 1) (the simply supported edges, where every
+    mode shape vanishes, excluded)."""
+    ok = (isinstance(value, (tuple, list)) and len(value) == 2
+          and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 < v < 1 for v in value))
+    if not ok:
+        raise ConfigError(f"plate: {name} must be two numbers (ξ, η), each in (0, 1) (a point on the plate, as "
+                          f"fractions of its sides), got {value!r}")
+    return float(value[0]), float(value[1])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -112,6 +135,33 @@ class PlateDesign:
     adc_full_scale: float = 16.0
     dac_full_scale: float = 2.0
 
+    # allowed values: the field's name → (rule, test); the unit is that of the field
+    _RULES: ClassVar[dict[str, tuple[str, Callable[[Any], bool]]]] = {
+        "f11": ("a finite number > 0 Hz", positive),
+        "aspect": ("a finite number > 0", positive),
+        "plate_length": ("a finite number > 0 m", positive),
+        "rayleigh_alpha": ("a finite number ≥ 0 1/s", nonneg),
+        "rayleigh_beta": ("a finite number ≥ 0 s", nonneg),
+        "stretching": ("a finite number ≥ 0", nonneg),  # hardening; a softening plate would run away
+        "drive_coupling": ("a finite number > 0", positive),
+        "speaker_f": ("a finite number > 0 Hz", positive),
+        "speaker_q": ("a finite number > 0", positive),
+        "speaker_gain": ("a finite number > 0 1/V", positive),
+        "speaker_hardening": ("a finite number ≥ 0", nonneg),
+        "mic_highpass": ("a finite number > 0 Hz", positive),
+        "pressure_gain": ("a finite number > 0", positive),
+        "adc_full_scale": ("a finite number > 0", positive),
+        "dac_full_scale": ("a finite number > 0 V", positive),
+    }
+
+    def __post_init__(self) -> None:
+        _check_fields(self, "design", self._RULES)
+        hp = self.mic_highpass
+        _check("design.mic_lowpass", self.mic_lowpass, f"a finite number > design.mic_highpass = {hp:g} Hz",
+               lambda v: v > hp)
+        for name in ("drive_point", "mic_point"):
+            object.__setattr__(self, name, _point(f"design.{name}", getattr(self, name)))
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["drive_point"], d["mic_point"] = list(self.drive_point), list(self.mic_point)
@@ -120,9 +170,6 @@ class PlateDesign:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PlateDesign":
         d = dict(d)
-        for k in ("drive_point", "mic_point"):
-            if k in d:
-                d[k] = tuple(float(v) for v in d[k])
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ConfigError(f"PlateDesign: unknown fields {sorted(unknown)}")
@@ -170,6 +217,26 @@ class PlateImperfections:
     jitter: float = 3e-6
     dac_bits: int = 16
     adc_bits: int = 16
+
+    # allowed values: the field's name → (rule, test); the unit is that of the field
+    _RULES: ClassVar[dict[str, tuple[str, Callable[[Any], bool]]]] = {
+        "freq_error": ("a finite number ≥ 0", nonneg),
+        "q_error": ("a finite number ≥ 0", nonneg),
+        "position_error": ("a finite number ≥ 0 m", nonneg),
+        "speaker_error": ("a finite number ≥ 0", nonneg),
+        "mic_gain_error_db": ("a finite number ≥ 0 dB", nonneg),
+        "drift_kelvin": ("a finite number ≥ 0 K", nonneg),
+        "drift_period": ("a finite number > 0 samples", positive),
+        "tempco": ("a finite number (1/K)", finite),
+        "acoustic_noise": ("a finite number ≥ 0", nonneg),
+        "electronic_noise": ("a finite number ≥ 0", nonneg),
+        "jitter": ("a finite number ≥ 0 s", nonneg),
+        "dac_bits": (f"an integer from 0 (ideal converter) to {MAX_BITS}", lambda v: 0 <= v <= MAX_BITS),
+        "adc_bits": (f"an integer from 0 (ideal converter) to {MAX_BITS}", lambda v: 0 <= v <= MAX_BITS),
+    }
+
+    def __post_init__(self) -> None:
+        _check_fields(self, "imperfections", self._RULES, integers=("dac_bits", "adc_bits"))
 
     _SCALED: ClassVar[tuple[str, ...]] = (
         "freq_error", "q_error", "position_error", "speaker_error", "mic_gain_error_db", "drift_kelvin",
@@ -751,8 +818,13 @@ class PlateLab(VirtualLab):
         unit: seed of this unit's fixed defects; ideal: the design itself (no defects, noise, drift,
             quantisation or jitter); imperfections: defect levels (:class:`PlateImperfections`).
         seed: seed of the per-measurement noise (state in :meth:`get_state`).
-        design: nominal physics (:class:`PlateDesign`).
-        dtype: dtype of the simulation (inputs are cast to it; the call returns the caller's dtype).
+        design: nominal physics (:class:`PlateDesign`, or a mapping of its fields).
+        dtype: dtype of the simulation, float32 or float64 (inputs are cast to it; the call returns the caller's
+            dtype).
+
+    Every option and every field of ``design`` and ``imperfections`` is checked when the lab is built (a one-line
+    :class:`ConfigError` naming it; the allowed ranges are listed in ``docs/labs/plate.md``). The DAC's
+    ``design.dac_full_scale`` must cover the declared drive (±1 V, ±1.5 V with ``bias``), also in the ideal lab.
     """
 
     differentiable = True
@@ -774,21 +846,40 @@ class PlateLab(VirtualLab):
         ideal: bool = False,
         imperfections: PlateImperfections | None = None,
         seed: int = 0,
-        design: PlateDesign | None = None,
+        design: PlateDesign | dict[str, Any] | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        if n_modes < 1:
-            raise ConfigError("plate lab needs n_modes ≥ 1")
+        # every option is checked before anything is built (the dataclasses check their own fields)
+        for name, value, low in (("n_inputs", n_inputs, 1), ("n_params", n_params, 0), ("output_dim", output_dim, 1),
+                                 ("n_modes", n_modes, 1), ("substeps", substeps, 1), ("n_tail", n_tail, 0)):
+            _check(name, value, f"an integer ≥ {low}", lambda v, low=low: v >= low, integer=True)
+        _check("drive_scale", drive_scale, "a finite number > 0 V/V", positive)
+        _check("sample_rate", sample_rate, "a finite number > 0 Hz", positive)
+        for name, value in (("unit", unit), ("seed", seed)):
+            _check(name, value, "an integer in [0, 2**32)", lambda v: 0 <= v < SEED_LIMIT, integer=True)
+        dtype = _float_dtype(dtype)
+        if isinstance(design, dict):
+            design = PlateDesign.from_dict(design)
+        if design is not None and not isinstance(design, PlateDesign):
+            raise ConfigError(f"plate: design must be a PlateDesign or a mapping of its fields, got {design!r}")
+        if imperfections is not None and not isinstance(imperfections, PlateImperfections):
+            raise ConfigError(f"plate: imperfections must be a PlateImperfections or a mapping of its fields, got "
+                              f"{imperfections!r}")
         self.design = design or PlateDesign()
         self.model = _PlateModel(int(n_inputs), int(n_params), int(output_dim), int(n_tail), int(substeps),
                                  sample_rate, drive_scale, bias, self.design)
         self.n_modes, self.unit, self.ideal, self.dtype = int(n_modes), int(unit), bool(ideal), dtype
         self.imperfections = PlateImperfections.none() if ideal else (imperfections or PlateImperfections())
         imp = self.imperfections
+        # A DAC cannot output beyond its full scale, whatever its resolution (and the ideal lab too).
         peak = 1.0 + (0.5 if self.model.bias else 0.0)  # θ and x within ±1 V, bias ±0.5 V on the data
-        if imp.dac_bits and self.design.dac_full_scale < peak:
+        if self.design.dac_full_scale < peak:
             raise ConfigError(f"plate: the DAC's ±{self.design.dac_full_scale:g} V (design.dac_full_scale) cannot play "
                               f"the declared drive of ±{peak:g} V; use dac_full_scale ≥ {peak:g}")
+        # the recording is delayed by 3-point interpolation, valid for delays up to about one ADC sample
+        adc_period = 1.0 / (self.model.sample_rate * self.model.substeps)
+        _check("imperfections.jitter", imp.jitter, f"≤ one ADC sample period, 1/(sample_rate·substeps) = "
+               f"{adc_period:.3g} s", lambda v: v <= adc_period)
         self.nominal = PlatePhysics.from_design(self.design, self.n_modes)
         self.physics = self.nominal if ideal else self._unit_physics()
         g = torch.Generator().manual_seed(7_919 * (self.unit + 1) + 1)
@@ -1005,6 +1096,9 @@ class PlatePhysicsTwin(DigitalTwin):
 
 
 def _make(**options: Any) -> PlateLab:
+    imp = options.get("imperfections")
+    if imp is not None and not isinstance(imp, (dict, PlateImperfections)):
+        raise ConfigError(f"plate: imperfections must be a PlateImperfections or a mapping of its fields, got {imp!r}")
     imp = resolve_imperfections(options, PlateImperfections)
     design = options.pop("design", None)
     if isinstance(design, dict):

@@ -24,7 +24,9 @@ with every pixel at 0.5), so outputs are O(1) and samples never couple.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
@@ -33,15 +35,28 @@ import torch
 from scipy.special import ndtr
 from torch import Tensor, nn
 
+from ..config import SEED_LIMIT
 from ..errors import ConfigError
 from ..spec import ParamSpec, SystemSpec
 from ..system import Params
 from . import VirtualLab, register_lab, resolve_imperfections
+from .checks import MAX_BITS, check, check_fields, finite, float_dtype, nonneg, positive
 from ..twins import DigitalTwin, register_twin
 
 C_NM_PER_FS = 299.792458  # speed of light, nm/fs
 C_MM_PER_FS = 2.99792458e-4  # speed of light, mm/fs
 FULL_SCALE_COUNTS = 65535.0  # 16-bit spectrometer ADC (design full scale, also without ADC quantisation)
+# fundamental wavelengths (nm) at which the Sellmeier equations below phase-match type-I SHG in BBO (the default
+# crystal); below, the only other solutions (≈ 204–211 nm) come from the Sellmeier pole, not from BBO
+BBO_TYPE1_RANGE_NM = (409.0, 5042.0)
+
+
+# --- option checks ----------------------------------------------------------------------------------------
+_check = functools.partial(check, "shg")  # one-line "shg: <option> must be …, got …" errors
+_check_fields = functools.partial(check_fields, "shg")
+_float_dtype = functools.partial(float_dtype, "shg")
+_STD = ("a finite number ≥ 0", nonneg)
+_BITS = (f"an integer from 0 (off) to {MAX_BITS}", lambda v: 0 <= v <= MAX_BITS)
 
 
 # --- crystal ----------------------------------------------------------------------------------------------
@@ -62,6 +77,14 @@ class CrystalDispersion:
     gvd_sh_fs2_per_mm: float
     phase_mismatch_per_mm: float = 0.0
     name: str = ""
+
+    def __post_init__(self) -> None:
+        _check_fields(self, "dispersion", {
+            "gvm_fs_per_mm": ("a finite number (fs/mm)", finite),
+            "gvd_fundamental_fs2_per_mm": ("a finite number (fs²/mm)", finite),
+            "gvd_sh_fs2_per_mm": ("a finite number (fs²/mm)", finite),
+            "phase_mismatch_per_mm": ("a finite number (1/mm)", finite),
+        })
 
 
 def _bbo_n2(lam_um: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
@@ -155,6 +178,28 @@ class SHGImperfections:
     adc_bits: int = 16
 
     _DISCRETE: ClassVar[tuple[str, ...]] = ("pixel_bits", "adc_bits", "drift_timescale")
+    # allowed values: the field's name → (rule, test); the unit is that of the field
+    _RULES: ClassVar[dict[str, tuple[str, Callable[[Any], bool]]]] = {
+        # t'_i = t_i + c_{i−1}(t_{i−1} − t_i) + c_i(t_{i+1} − t_i) stays a weighted mean of neighbours for c < ½
+        "crosstalk": ("a number in [0, 0.5)", lambda v: 0 <= v < 0.5),
+        # an "off" pixel's intensity transmission: 1 would be a shaper that cannot attenuate at all
+        "extinction_leakage": ("a number in [0, 1)", lambda v: 0 <= v < 1),
+        "gamma_error": _STD,
+        "pixel_bits": _BITS,
+        "residual_gdd_fs2": ("a finite number ≥ 0 fs²", nonneg),
+        "residual_tod_fs3": ("a finite number ≥ 0 fs³", nonneg),
+        "laser_noise": _STD,
+        "drift": _STD,
+        "drift_timescale": ("a finite number > 0 measurements", positive),
+        "calibration_offset_nm": ("a finite number ≥ 0 nm", nonneg),
+        "resolution_nm": ("a finite number ≥ 0 nm", nonneg),
+        "shot_noise": _STD,
+        "read_noise_counts": ("a finite number ≥ 0 counts", nonneg),
+        "adc_bits": _BITS,
+    }
+
+    def __post_init__(self) -> None:
+        _check_fields(self, "imperfections", self._RULES, integers=("pixel_bits", "adc_bits"))
 
     def scaled(self, factor: float) -> "SHGImperfections":
         """Every magnitude × ``factor``; bit depths and the drift timescale unchanged (turned off at factor 0)."""
@@ -186,6 +231,21 @@ def _pixel_layout(n_inputs: int, n_params: int, layout: str) -> tuple[np.ndarray
     raise ConfigError(f"unknown pixel layout {layout!r}; choose 'interleaved' or 'blocks'")
 
 
+def _check_design(cfg: dict[str, Any]) -> None:
+    """Refuse a numeric design option outside its physical range (before anything is computed)."""
+    _check("n_inputs", cfg["n_inputs"], "an integer ≥ 1", lambda v: v >= 1, integer=True)
+    _check("n_params", cfg["n_params"], "an integer ≥ 0", nonneg, integer=True)
+    _check("output_dim", cfg["output_dim"], "an integer ≥ 1", lambda v: v >= 1, integer=True)
+    _check("crystal_length_mm", cfg["crystal_length_mm"], "a finite number > 0 mm", positive)
+    lam = _check("wavelength_nm", cfg["wavelength_nm"], "a finite number > 0 nm", positive)
+    _check("pulse_fwhm_fs", cfg["pulse_fwhm_fs"], "a finite number > 0 fs", positive)
+    # the window in frequency, 2πc·window/λ², must stay below 2ω₀ = 4πc/λ: no pixel at a frequency ≤ 0
+    _check("window_nm", cfg["window_nm"], f"a finite number > 0 nm and < 2 × wavelength_nm = {2 * lam:g} nm",
+           lambda v: 0 < v < 2 * lam)
+    _check("spectrometer_span", cfg["spectrometer_span"],
+           "a number in (0, 1] (the fraction of the SH spectrum that the bins cover)", lambda v: 0 < v <= 1)
+
+
 def _gauss_int(e: np.ndarray, lo: np.ndarray, hi: np.ndarray, sigma: float) -> np.ndarray:
     """∫_lo^hi Φ((e − s)/σ) ds (σ = 0: the length of [lo, hi] left of e)."""
     if sigma <= 0:
@@ -202,15 +262,12 @@ class _Design:
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg
+        _check_design(cfg)
         n_in, n_par, out = int(cfg["n_inputs"]), int(cfg["n_params"]), int(cfg["output_dim"])
-        if n_in < 1 or n_par < 0 or out < 1:
-            raise ConfigError("SHG lab needs n_inputs ≥ 1, n_params ≥ 0, output_dim ≥ 1")
         self.n = n = n_in + n_par
         if n < 2:
-            raise ConfigError("SHG lab needs at least 2 pixels")
+            raise ConfigError(f"shg: n_inputs + n_params must be ≥ 2 (shaper pixels), got {n}")
         self.length = float(cfg["crystal_length_mm"])
-        if not self.length > 0:
-            raise ConfigError("crystal_length_mm must be > 0")
         self.input_pixels, self.param_pixels = _pixel_layout(n_in, n_par, cfg["layout"])
         lam = float(cfg["wavelength_nm"])
         lam_sh = lam / 2
@@ -264,6 +321,9 @@ class _Design:
         a_ref = torch.as_tensor(0.5 * self.envelope, dtype=torch.complex128)[None, :]
         p = sh_field_direct(a_ref, torch.as_tensor(self.pair)).abs().pow(2)[0].numpy()
         self.p_ref = float((p @ self.binning).max())
+        if not (math.isfinite(self.p_ref) and self.p_ref > 0):  # e.g. a laser spectrum far narrower than a pixel
+            raise ConfigError(f"shg: no second-harmonic power reaches the spectrometer bins of this design (reference "
+                              f"{self.p_ref:g}); widen the laser spectrum (a shorter pulse_fwhm_fs) or the window_nm")
 
     def binning_matrix(self, offset_nm: float, resolution_nm: float) -> np.ndarray:
         """(2N−1, output_dim): fraction of SH sample k's power (spread over its interval) read in bin o."""
@@ -340,7 +400,10 @@ class SHGLab(VirtualLab):
         ideal: no defects and no noise (the design itself).
         imperfections: defect levels (:class:`SHGImperfections`).
         seed: seed of the per-measurement noise and of the drift.
-        dtype: float dtype of the computation.
+        dtype: float dtype of the computation, float32 or float64.
+
+    Every option and every field of ``dispersion`` and ``imperfections`` is checked when the lab is built (a
+    one-line :class:`ConfigError` naming it; the allowed ranges are listed in ``docs/labs/shg.md``).
     """
 
     differentiable = True
@@ -368,10 +431,30 @@ class SHGLab(VirtualLab):
     ) -> None:
         if method not in ("auto", "direct", "fft"):
             raise ConfigError(f"unknown SHG method {method!r}; choose 'auto', 'direct' or 'fft'")
+        # every option is checked before anything is computed
+        _check_design({"n_inputs": n_inputs, "n_params": n_params, "output_dim": output_dim,
+                       "crystal_length_mm": crystal_length_mm, "wavelength_nm": wavelength_nm,
+                       "pulse_fwhm_fs": pulse_fwhm_fs, "window_nm": window_nm, "spectrometer_span": spectrometer_span})
+        for name, value in (("unit", unit), ("seed", seed)):
+            _check(name, value, "an integer in [0, 2**32)", lambda v: 0 <= v < SEED_LIMIT, integer=True)
+        dtype = _float_dtype(dtype)
+        if imperfections is not None and not isinstance(imperfections, SHGImperfections):
+            raise ConfigError(f"shg: imperfections must be an SHGImperfections or a mapping of its fields, got "
+                              f"{imperfections!r}")
         if dispersion is None:
+            lo, hi = BBO_TYPE1_RANGE_NM
+            if not lo <= wavelength_nm <= hi:
+                raise ConfigError(f"shg: wavelength_nm must be in [{lo:g}, {hi:g}] nm, where type-I SHG in BBO (the "
+                                  f"default crystal) phase-matches (or give a dispersion), got {wavelength_nm!r}")
             dispersion, _ = bbo_type1_dispersion(wavelength_nm)
-        if isinstance(dispersion, dict):
-            dispersion = CrystalDispersion(**dispersion)
+        elif isinstance(dispersion, dict):
+            try:
+                dispersion = CrystalDispersion(**dispersion)
+            except TypeError as e:
+                raise ConfigError(f"shg: dispersion: {e}") from None
+        elif not isinstance(dispersion, CrystalDispersion):
+            raise ConfigError(f"shg: dispersion must be a CrystalDispersion or a mapping of its fields, got "
+                              f"{dispersion!r}")
         self.config = {
             "n_inputs": int(n_inputs), "n_params": int(n_params), "output_dim": int(output_dim),
             "crystal_length_mm": float(crystal_length_mm), "dispersion": asdict(dispersion),
@@ -568,6 +651,9 @@ class SHGPhysicsTwin(DigitalTwin):
 
 
 def _make(**options: Any) -> SHGLab:
+    imp = options.get("imperfections")
+    if imp is not None and not isinstance(imp, (dict, SHGImperfections)):
+        raise ConfigError(f"shg: imperfections must be an SHGImperfections or a mapping of its fields, got {imp!r}")
     imp = resolve_imperfections(options, SHGImperfections)
     return SHGLab(imperfections=imp, **options)
 

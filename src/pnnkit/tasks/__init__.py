@@ -90,7 +90,8 @@ def data_dir(explicit: str | Path | None, sub: str, source: str) -> Path:
     else:
         raise DataError(f"no data directory: pass data_dir or set PNNKIT_DATA_DIR (expects {sub}/ inside). {source}")
     if not base.is_dir():
-        raise DataError(f"data directory {base} does not exist. {source}")
+        what = "is a file, not a directory" if base.exists() else "does not exist"
+        raise DataError(f"data directory {base} {what}. {source}")
     return base
 
 
