@@ -207,12 +207,64 @@ def test_train_resume_keeps_the_fitted_twin_and_refuses_a_changed_config(tmp_pat
     assert json.loads((out / "pat" / "config.json").read_text()) == rec
 
     # the same config resumes on the twin fitted in OUT: no new twin measurements, the same twin file
+    from pnnkit import MeasurementLog
+    from pnnkit.labs import make_lab
+
+    spec = make_lab("oscillators", n=6, steps=10).spec
+
+    def logged() -> int:
+        log = MeasurementLog(out / "pat" / "device_log.h5", spec)
+        try:
+            return len(log)
+        finally:
+            log.close()
+
+    rows = logged()
     res = runner.invoke(app, [*base, "--resume"])
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in out.glob("twin_measurements*")) == ["twin_measurements.h5"]
     assert (out / "twin.safetensors").read_bytes() == twin_bytes
     again = json.loads((out / "pat" / "result.json").read_text())
     assert again["physical_queries"] == first["physical_queries"]  # finished run: nothing trained twice
+    # nor evaluated twice: the result comes back from the checkpoint, with no new measurement
+    assert logged() == rows and all(again[k] == first[k] for k in ("test_accuracy", "eval_queries", "epochs"))
+
+
+def test_resuming_a_run_stopped_after_its_twin_measurements_fits_them_instead_of_measuring_again(tmp_path,
+                                                                                                   monkeypatch):
+    import pnnkit.experiments as ex
+
+    cfg = validate_config({**TINY, "methods": ["in_silico"], "training": {**TINY["training"], "epochs": 1}}, "t")
+    fit = ex.fit_twin
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ex, "fit_twin", stopped)  # Ctrl-C as the twin's fit begins
+    with pytest.raises(KeyboardInterrupt):
+        ex.run_experiment(cfg, tmp_path / "o")
+    assert (tmp_path / "o" / "twin_measurements.h5").exists() and not (tmp_path / "o" / "twin.json").exists()
+    monkeypatch.setattr(ex, "fit_twin", fit)
+    acquire = ex.acquire
+
+    def measured_again(*a, **k):
+        raise AssertionError("the twin's design was measured again")
+
+    monkeypatch.setattr(ex, "acquire", measured_again)
+    resumed = ex.run_experiment(cfg, tmp_path / "o", resume=True)
+    monkeypatch.setattr(ex, "acquire", acquire)
+    fresh = ex.run_experiment(cfg, tmp_path / "f")
+    same = ("train_samples", "val_nrmse", "measurement_queries")
+    assert [resumed["twin"][k] for k in same] == [fresh["twin"][k] for k in same]
+    assert resumed["twin"]["measurement_queries"] > 0
+    assert sorted(p.name for p in (tmp_path / "o").glob("twin_measurements*")) == ["twin_measurements.h5"]
+    # a file of another design, or of another lab, is not taken for this one's
+    saved, lab = tmp_path / "o" / "twin_measurements.h5", ex.build_lab(cfg.lab)
+    assert ex._measured_before(saved, lab, cfg.twin) is not None
+    for change in ({"seed": 1}, {"samples": 512}, {"repeats": 3}, {"design": "lhs"}):
+        assert ex._measured_before(saved, lab, cfg.twin.model_copy(update=change)) is None, change
+    other = ex.build_lab(cfg.lab.model_copy(update={"options": {"n": 5, "steps": 10}}))
+    assert ex._measured_before(saved, other, cfg.twin) is None
 
 
 def test_out_never_loses_an_earlier_run_and_bad_outs_are_refused(tmp_path):

@@ -183,7 +183,7 @@ def train(
             cfg.twin.path = str(twin)
         task, system, _ = build_pieces(cfg)  # fails before anything is measured or written
         start_run(cfg, out / method, resume)  # OUT/METHOD/config.json; --resume refuses a changed config
-        tw = make_twin(system, twin_to_use(cfg.twin, out, resume), out) if method != "exact" else None
+        tw = make_twin(system, twin_to_use(cfg.twin, out, resume), out, reuse=resume) if method != "exact" else None
         model, res = train_method(cfg, task, system, tw.twin if tw else None, method, out / method,
                                   sys.stderr.isatty(), resume)
     except PnnkitError as e:

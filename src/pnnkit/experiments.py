@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -61,14 +62,55 @@ def logged(system: PhysicalSystem, path: Path | None) -> Iterator[None]:
         log.close()
 
 
-def make_twin(system: PhysicalSystem, cfg: TwinConfig, out_dir: Path | None = None, progress: bool = False) -> TwinOutcome:
+def make_twin(system: PhysicalSystem, cfg: TwinConfig, out_dir: Path | None = None, progress: bool = False,
+              reuse: bool = False) -> TwinOutcome:
     """Load ``cfg.path`` or measure ``system`` and fit a twin; saves measurements and the twin into ``out_dir``.
 
     With ``out_dir``, every measurement is also logged call by call into ``out_dir/device_log.h5`` as it is taken
-    (unless the system logs elsewhere already), so a killed acquisition keeps what it measured."""
+    (unless the system logs elsewhere already), so a killed acquisition keeps what it measured. With ``reuse``
+    (resuming a run), a complete ``out_dir/twin_measurements.h5`` of this design is fitted instead of measuring
+    again."""
     t0 = time.perf_counter()
     if cfg.path:
         return TwinOutcome(DigitalTwin.load(cfg.path, system.spec), None, 0.0)
+    saved = out_dir / "twin_measurements.h5" if out_dir is not None else None
+    data = _measured_before(saved, system, cfg) if reuse and saved is not None and saved.exists() else None
+    if data is None:
+        data = _measure_for_twin(system, cfg, out_dir, progress)
+    else:
+        print(f"note: fitting the twin to the measurements already in {saved} (not measured again)", file=sys.stderr)
+    torch.manual_seed(cfg.seed)  # twin initial weights
+    if cfg.kind == "physics":
+        factory = getattr(system, "ideal_twin", None)
+        if factory is None:
+            raise ConfigError(f"twin kind 'physics' needs a lab with ideal_twin(); {system.spec.name} has none")
+        twin = factory()
+    else:
+        twin = MLPTwin(system.spec, hidden=tuple(cfg.hidden), activation=cfg.activation)
+    f = cfg.fit
+    fit_twin(twin, data, epochs=f.epochs, lr=f.lr, batch_size=f.batch_size, val_fraction=f.val_fraction,
+             patience=f.patience, weight_decay=f.weight_decay, seed=cfg.seed, progress=progress)
+    if out_dir:
+        twin.save(out_dir / "twin.safetensors")
+    return TwinOutcome(twin, data, time.perf_counter() - t0)
+
+
+def _measured_before(path: Path, system: PhysicalSystem, cfg: TwinConfig) -> MeasurementSet | None:
+    """The measurements in ``path`` if they are this lab's, taken on ``cfg``'s design (written only once the whole
+    design was measured); else None."""
+    try:
+        data = MeasurementSet.load(path)
+    except DataError:
+        return None
+    m = data.meta
+    n = math.ceil(cfg.samples / cfg.inputs_per_setting) * cfg.inputs_per_setting
+    same = (data.spec.same_interface(system.spec) and len(data) == n and data.y.shape[1] == cfg.repeats
+            and (m.get("seed"), m.get("design"), m.get("inputs_per_setting")) == (cfg.seed, cfg.design,
+                                                                                 cfg.inputs_per_setting))
+    return data if same else None
+
+
+def _measure_for_twin(system: PhysicalSystem, cfg: TwinConfig, out_dir: Path | None, progress: bool) -> MeasurementSet:
     q0 = system.queries
     try:
         with logged(system, out_dir / "device_log.h5" if out_dir is not None else None):
@@ -86,20 +128,7 @@ def make_twin(system: PhysicalSystem, cfg: TwinConfig, out_dir: Path | None = No
     data.meta["queries"] = system.queries - q0
     if out_dir:
         data.save(out_dir / "twin_measurements.h5")
-    torch.manual_seed(cfg.seed)  # twin initial weights
-    if cfg.kind == "physics":
-        factory = getattr(system, "ideal_twin", None)
-        if factory is None:
-            raise ConfigError(f"twin kind 'physics' needs a lab with ideal_twin(); {system.spec.name} has none")
-        twin = factory()
-    else:
-        twin = MLPTwin(system.spec, hidden=tuple(cfg.hidden), activation=cfg.activation)
-    f = cfg.fit
-    fit_twin(twin, data, epochs=f.epochs, lr=f.lr, batch_size=f.batch_size, val_fraction=f.val_fraction,
-             patience=f.patience, weight_decay=f.weight_decay, seed=cfg.seed, progress=progress)
-    if out_dir:
-        twin.save(out_dir / "twin.safetensors")
-    return TwinOutcome(twin, data, time.perf_counter() - t0)
+    return data
 
 
 def train_method(
@@ -343,7 +372,7 @@ def _baseline_job(cfg_json: str) -> dict[str, Any]:
 def _run_methods(cfg: ExperimentConfig, out: Path, task: ClassificationTask, system: PhysicalSystem, n_digital: int,
                  progress: bool, resume: bool, baseline: BackgroundJob | None) -> dict[str, Any]:
     needs_twin = any(m in ("pat", "in_silico") for m in cfg.methods)
-    tw = make_twin(system, twin_to_use(cfg.twin, out, resume), out, progress) if needs_twin else None
+    tw = make_twin(system, twin_to_use(cfg.twin, out, resume), out, progress, reuse=resume) if needs_twin else None
     results: dict[str, Any] = {
         "task": task.name,
         "system": system.spec.name,

@@ -451,6 +451,7 @@ class Trainer:
         if self.cfg.refit_every_max_iter < 1:
             raise ConfigError(f"refit_every_max_iter must be ≥ 1, got {self.cfg.refit_every_max_iter}")
         self.readout_refits_epoch: list[dict[str, Any]] = []
+        self.final: dict[str, Any] | None = None  # the final evaluation, as read back from a checkpoint on resume
 
     # --- checkpoints ----------------------------------------------------------------------------------------
     @property
@@ -473,6 +474,7 @@ class Trainer:
             "readout_refit_start": self.readout_refit_start,
             "readout_refits_epoch": self.readout_refits_epoch,
             "config": asdict(self.cfg),
+            "final": self.final,
         }
 
     def load_state(self, st: dict[str, Any]) -> None:
@@ -496,6 +498,7 @@ class Trainer:
         self.readout_refit = st.get("readout_refit")
         self.readout_refit_start = st.get("readout_refit_start")
         self.readout_refits_epoch = list(st.get("readout_refits_epoch") or [])
+        self.final = st.get("final")
 
     # --- loop ----------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
@@ -657,6 +660,12 @@ class Trainer:
         return info
 
     def result(self) -> TrainResult:
+        """Evaluate the trained network on the physical system. With an ``out_dir``, the result and the systems'
+        states after it go into the checkpoint, so resuming a finished run returns it without measuring the test
+        set again (and the lab's noise continues as in an uninterrupted run)."""
+        if self.final is not None and self.epoch == self.cfg.epochs:  # read back from the checkpoint on resume
+            done, self.final = self.final, None
+            return TrainResult(**done)
         task, model = self.task, self.model
         q1 = _queries(model)
         logs = self._attach_device_logs(fresh=False)
@@ -668,8 +677,15 @@ class Trainer:
         acc = float((pred == task.y_test).float().mean())
         twin_acc = accuracy(model, task.x_test, task.y_test, "in_silico") if self.mode == "in_silico" else None
         set_mode(model, self.mode)
-        return TrainResult(
+        res = TrainResult(
             self.mode, acc, twin_acc, self.train_queries, self.eval_queries, self.train_seconds, list(self.history),
             confusion_matrix(pred, task.y_test, task.n_classes), self.readout_refit, self.readout_refit_start,
             list(self.readout_refits_epoch),
         )
+        if self.checkpoint_path is not None and self.epoch == self.cfg.epochs:
+            self.final = asdict(res)
+            try:
+                save_checkpoint(self.state(), self.checkpoint_path)
+            finally:
+                self.final = None
+        return res
