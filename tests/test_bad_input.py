@@ -6,6 +6,7 @@ import gzip
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -192,6 +193,25 @@ def test_mlp_twin_hidden_widths_are_checked(hidden):
 
 
 # --- 8. the oscillator lab's integration settings -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("option, value, msg", [("unit", -1, "unit must be an integer in [0, 2**32), got -1"),
+                                                ("seed", 2**70, f"seed must be an integer in [0, 2**32), got {2**70}"),
+                                                ("unit", 1.5, "unit must be an integer in [0, 2**32), got 1.5"),
+                                                ("dtype", "float16", "dtype must be float32 or float64, got 'float16'")])
+def test_oscillator_lab_refuses_units_seeds_and_dtypes_it_cannot_use(option, value, msg):
+    from pnnkit.labs.oscillators import CoupledOscillatorLab
+
+    with pytest.raises(pk.ConfigError, match=rf"^oscillator lab: {re.escape(msg)}$"):
+        CoupledOscillatorLab(4, **{option: value})
+
+
+def test_a_physical_layer_refuses_complex_input():
+    lab = pk.make_lab("oscillators", n=4)
+    with pytest.raises(pk.ShapeError, match=r"^oscillators layer: input is torch.complex64; a physical layer takes "
+                                            r"real values$"):
+        pk.PhysicalLayer(lab, lab.ideal_twin())(torch.zeros(2, 4, dtype=torch.complex64))
+    assert lab.queries == 0
 
 
 @pytest.mark.parametrize("option, value", [("steps", 0), ("steps", -3), ("duration", 0.0), ("duration", -1.0),

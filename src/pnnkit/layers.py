@@ -145,6 +145,8 @@ class PhysicalLayer(nn.Module):
         spec = self.system.spec
         if x.dim() != 2 or x.shape[1] != spec.input_dim:
             raise ShapeError(f"{spec.name} layer: expected input (batch, {spec.input_dim}), got {tuple(x.shape)}")
+        if x.is_complex():
+            raise ShapeError(f"{spec.name} layer: input is {x.dtype}; a physical layer takes real values")
         return self.run(self.constrain_input(x), self.params())
 
     def run(self, x: Tensor, theta: dict[str, Tensor]) -> Tensor:
