@@ -257,7 +257,7 @@ def test_lab_fields_given_as_lab_options_and_booleans_for_numbers_are_refused():
     assert _error(validate_config, {"lab": {"name": "oscillators", "options": {"unit": 3}}}, "c") == (
         "c: lab.options: unit is set as lab.unit, not as lab.options.unit")
     msg = _error(validate_config, {**base, "training": {"epochs": True}}, "c")
-    assert msg == "c: training: epochs must be a number or a name, got the boolean true", msg
+    assert msg == "c: training: epochs must be a number, got the boolean true", msg
     msg = _error(validate_config, {"network": {"depth": False}}, "c")
-    assert msg == "c: network: depth must be a number or a name, got the boolean false", msg
+    assert msg == "c: network: depth must be a number, got the boolean false", msg
     assert validate_config({**base, "training": {"overlap": True}}, "c").training.overlap is True  # a real bool

@@ -35,10 +35,12 @@ def float_dtype_named(value: Any) -> torch.dtype | None:
     return _DTYPES.get(value.removeprefix("torch.")) if isinstance(value, str) else None
 
 
-def _admits_bool(hint: Any) -> bool:
+def _number_not_flag(hint: Any) -> bool:
+    """Whether ``hint`` takes an int or float but not a bool (pydantic's lax mode would read true as 1)."""
     if typing.get_origin(hint) is typing.Annotated:
-        return _admits_bool(typing.get_args(hint)[0])
-    return any(p is bool or p is Any or p is object for p in _parts(hint))
+        return _number_not_flag(typing.get_args(hint)[0])
+    parts = _parts(hint)
+    return any(p is int or p is float for p in parts) and not any(p is bool or p is Any or p is object for p in parts)
 
 
 class StrictModel(BaseModel):
@@ -53,8 +55,8 @@ class StrictModel(BaseModel):
         if isinstance(data, dict):
             for key, v in data.items():
                 field = cls.model_fields.get(key) if isinstance(v, bool) else None
-                if field is not None and not _admits_bool(field.annotation):
-                    raise ValueError(f"{key} must be a number or a name, got the boolean {str(v).lower()}")
+                if field is not None and _number_not_flag(field.annotation):
+                    raise ValueError(f"{key} must be a number, got the boolean {str(v).lower()}")
         return data
 
 
