@@ -256,6 +256,8 @@ def test_resuming_a_run_stopped_after_its_twin_measurements_fits_them_instead_of
     fresh = ex.run_experiment(cfg, tmp_path / "f")
     same = ("train_samples", "val_nrmse", "measurement_queries")
     assert [resumed["twin"][k] for k in same] == [fresh["twin"][k] for k in same]
+    # and the lab continues from its state after those measurements, as in the uninterrupted run
+    assert resumed["methods"]["in_silico"]["test_accuracy"] == fresh["methods"]["in_silico"]["test_accuracy"]
     assert resumed["twin"]["measurement_queries"] > 0
     assert sorted(p.name for p in (tmp_path / "o").glob("twin_measurements*")) == ["twin_measurements.h5"]
     # a file of another design, or of another lab, is not taken for this one's
@@ -265,6 +267,26 @@ def test_resuming_a_run_stopped_after_its_twin_measurements_fits_them_instead_of
         assert ex._measured_before(saved, lab, cfg.twin.model_copy(update=change)) is None, change
     other = ex.build_lab(cfg.lab.model_copy(update={"options": {"n": 5, "steps": 10}}))
     assert ex._measured_before(saved, other, cfg.twin) is None
+
+
+def test_a_run_stopped_after_its_twin_resumes_to_the_uninterrupted_runs_numbers(tmp_path, monkeypatch):
+    import pnnkit.experiments as ex
+
+    cfg = validate_config({**TINY, "training": {**TINY["training"], "epochs": 1}}, "t")  # pat, then in_silico
+    full = ex.run_experiment(cfg, tmp_path / "a")
+    train = ex.train_method
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ex, "train_method", stopped)  # Ctrl-C once the twin is fitted, before any method
+    with pytest.raises(KeyboardInterrupt):
+        ex.run_experiment(cfg, tmp_path / "b")
+    monkeypatch.setattr(ex, "train_method", train)
+    resumed = ex.run_experiment(cfg, tmp_path / "b", resume=True)
+    for m in ("pat", "in_silico"):
+        assert resumed["methods"][m]["test_accuracy"] == full["methods"][m]["test_accuracy"], m
+        assert resumed["methods"][m]["confusion"] == full["methods"][m]["confusion"], m
 
 
 def test_out_never_loses_an_earlier_run_and_bad_outs_are_refused(tmp_path):

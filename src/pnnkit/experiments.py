@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .background import BackgroundJob
-from .checkpoint import load_weights, save_weights
+from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from .config import DigitalBaselineConfig, ExperimentConfig, LabConfig, TwinConfig, validate_config
 from .errors import ConfigError, DataError, PnnkitError
 from .labs import make_lab
@@ -62,6 +62,11 @@ def logged(system: PhysicalSystem, path: Path | None) -> Iterator[None]:
         log.close()
 
 
+#: The lab's state (noise generators) right after the twin's measurements, kept in a run's directory: a run resumed
+#: on its twin (or on its twin's measurements) restores it, so its methods see the lab as an uninterrupted run's do.
+LAB_STATE_AFTER_TWIN = "lab_state_after_twin"
+
+
 def make_twin(system: PhysicalSystem, cfg: TwinConfig, out_dir: Path | None = None, progress: bool = False,
               reuse: bool = False) -> TwinOutcome:
     """Load ``cfg.path`` or measure ``system`` and fit a twin; saves measurements and the twin into ``out_dir``.
@@ -71,14 +76,22 @@ def make_twin(system: PhysicalSystem, cfg: TwinConfig, out_dir: Path | None = No
     (resuming a run), a complete ``out_dir/twin_measurements.h5`` of this design is fitted instead of measuring
     again."""
     t0 = time.perf_counter()
+    state = out_dir / LAB_STATE_AFTER_TWIN if out_dir is not None else None
     if cfg.path:
-        return TwinOutcome(DigitalTwin.load(cfg.path, system.spec), None, 0.0)
+        twin = DigitalTwin.load(cfg.path, system.spec)
+        if reuse and state is not None and state.with_suffix(".json").exists():
+            system.set_state(load_checkpoint(state)["system"])  # the lab as it was after measuring for this twin
+        return TwinOutcome(twin, None, 0.0)
     saved = out_dir / "twin_measurements.h5" if out_dir is not None else None
     data = _measured_before(saved, system, cfg) if reuse and saved is not None and saved.exists() else None
     if data is None:
         data = _measure_for_twin(system, cfg, out_dir, progress)
+        if state is not None:  # so that a resumed run continues the lab's noise from here, as if never stopped
+            save_checkpoint({"system": system.get_state()}, state)
     else:
         print(f"note: fitting the twin to the measurements already in {saved} (not measured again)", file=sys.stderr)
+        if state is not None and state.with_suffix(".json").exists():
+            system.set_state(load_checkpoint(state)["system"])
     torch.manual_seed(cfg.seed)  # twin initial weights
     if cfg.kind == "physics":
         factory = getattr(system, "ideal_twin", None)
