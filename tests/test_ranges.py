@@ -210,6 +210,16 @@ def test_complex_bool_and_float8_never_reach_the_device(dtype, why):
         system(torch.full((1, 2), 0.5), None)
 
 
+def test_a_dimensionless_range_is_printed_without_a_unit():
+    from pnnkit import RangeError
+
+    system = FunctionSystem(lambda x, p: x, SystemSpec("u", 1, 1, 0.0, 1.0, (ParamSpec("g", (1,), 0.0, 2.0),)))
+    with pytest.raises(RangeError, match=r"^u: input outside its hard range \[0.0, 1.0\] \(min 3, max 3\); "):
+        system(torch.full((1, 1), 3.0), {"g": torch.ones(1)})
+    with pytest.raises(RangeError, match=r"^u: parameter 'g' outside its hard range \[0.0, 2.0\] \(min 5, max 5\)$"):
+        system(torch.full((1, 1), 0.5), {"g": torch.full((1,), 5.0)})
+
+
 def test_integers_beyond_float64s_precision_are_compared_exactly():
     from pnnkit import RangeError
 

@@ -342,7 +342,7 @@ def test_resuming_a_checkpoint_of_another_network_is_a_one_line_error(tmp_path):
         Trainer(other, task, "pat", cfg, tmp_path).train(resume=True)
 
 
-def test_settings_and_tasks_that_mean_nothing_are_refused_before_any_measurement():
+def test_settings_and_tasks_that_mean_nothing_are_refused_before_any_measurement(tmp_path):
     task, model = _setup()
     lab = model[1].system
     q0 = lab.queries
@@ -372,6 +372,10 @@ def test_settings_and_tasks_that_mean_nothing_are_refused_before_any_measurement
         Trainer(model, bad, "pat", TrainConfig(progress=False))
     assert lab.queries == q0
     assert Trainer(model, task, "pat", TrainConfig(epochs="3", progress=False)).cfg.epochs == 3  # converted, as YAML's
+    afile = tmp_path / "m3.py"
+    afile.write_text("")
+    with pytest.raises(ConfigError, match=r"^out_dir .*m3.py is a file, not a directory for the run's logs"):
+        Trainer(model, task, "pat", TrainConfig(progress=False), afile)
 
 
 def test_features_of_another_dtype_are_refused_and_narrow_integer_labels_train_like_int64():
