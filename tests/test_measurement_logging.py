@@ -356,9 +356,10 @@ def test_a_run_into_a_folder_holding_another_systems_log_keeps_it_and_starts_a_n
     assert len(kept) == 1 and len(MeasurementLog(kept[0], other.spec)) == 0
 
 
-def test_a_log_that_fails_to_open_gives_every_system_its_previous_log_back(tmp_path):
+def test_a_log_that_fails_to_open_gives_every_system_its_previous_log_back(tmp_path, monkeypatch):
     from torch import nn
 
+    import pnnkit.measurements as pm
     from pnnkit import PhysicalLayer
     from pnnkit.training import attach_device_logs
 
@@ -367,9 +368,17 @@ def test_a_log_that_fails_to_open_gives_every_system_its_previous_log_back(tmp_p
     a.attach_log(outer)
     model = nn.Sequential(PhysicalLayer(a, tanh_model), PhysicalLayer(b, tanh_model))
     (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "device_log_1.h5").write_text("not hdf5")  # b's log cannot be opened
-    with pytest.raises(Exception, match="device_log_1.h5"):
+
+    class Full(pm.MeasurementLog):  # b's log cannot be created (a damaged one would be kept aside and begun anew)
+        def __init__(self, path, spec):
+            if path.name == "device_log_1.h5":
+                raise OSError(f"no space left on device: {path}")
+            super().__init__(path, spec)
+
+    monkeypatch.setattr(pm, "MeasurementLog", Full)
+    with pytest.raises(OSError, match="device_log_1.h5"):
         attach_device_logs(model, tmp_path / "d", fresh=False)
+    monkeypatch.undo()
     assert a._log is outer and getattr(b, "_log", None) is None
     a(torch.zeros(2, 4), _params(a.spec))
     assert len(outer) == 2
@@ -400,3 +409,23 @@ def test_a_parameter_dict_module_reaches_the_device_as_a_copy(tmp_path):
     params = nn.ParameterDict({k: nn.Parameter(v) for k, v in _params(system.spec).items()})
     system(x, params)
     assert torch.equal(x, torch.full((2, 4), 0.5)) and bool((params["W"] == 0.1).all())
+
+
+def test_a_partial_reading_of_the_wrong_shape_is_kept_and_a_multiline_driver_error_stays_one_line(tmp_path):
+    from pnnkit import DeviceError, FunctionSystem, MeasurementLog, SystemSpec
+
+    def device(x, p):
+        e = TimeoutError("VI_ERROR_TMO\nInstrument status: 0x42\n\nLast command: MEAS:VOLT?")
+        e.partial_reading = np.ones((2, 3))  # only the rows it measured, not (4, 3) with NaN rows
+        raise e
+
+    system = FunctionSystem(device, SystemSpec("v", 3, 3, -1.0, 1.0), numpy=True)
+    log = MeasurementLog(tmp_path / "l.h5", system.spec)
+    system.attach_log(log)
+    with pytest.raises(DeviceError) as info:
+        system(torch.zeros(4, 3), {})
+    msg = str(info.value)
+    assert "\n" not in msg and "TimeoutError: VI_ERROR_TMO / Instrument status: 0x42 / Last command: MEAS:VOLT?" in msg
+    assert "partial_reading of shape (2, 3), expected (4, 3)" in msg and "under /refused/0)" in msg
+    assert len(log) == 0 and log._f["refused/0/reading"].shape == (2, 3)
+    log.close()

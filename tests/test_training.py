@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pnnkit import ElementwiseRescale, PhysicalLayer, make_lab
+from pnnkit import ElementwiseRescale, MeasurementLog, PhysicalLayer, make_lab
 from pnnkit.errors import ConfigError
 from pnnkit.tasks import load_task
 from pnnkit.training import TrainConfig, Trainer
@@ -330,6 +330,37 @@ def test_readout_refit_names_what_it_cannot_do():
         refit_readout(nn.ModuleList(list(model)), x, y, "in_silico")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="no trainable digital parameters after the last physical layer"):
         refit_readout(model[:4], x, y, "in_silico")
+
+
+def test_a_checkpoint_holding_theta_outside_the_range_or_nan_is_refused_on_resume(tmp_path):
+    from pnnkit.checkpoint import load_checkpoint, save_checkpoint
+
+    task, model = _setup()
+    cfg = TrainConfig(epochs=2, batch_size=64, monitor_physical=False, progress=False)
+    Trainer(model, task, "pat", cfg, tmp_path).train(stop_after=1)
+    st = load_checkpoint(tmp_path / "checkpoint")
+    for value, msg in [(3.0, r"1.theta.J spans \[.*, 3\], outside oscillators's range \[-0.5, 0.5\]"),
+                       (math.nan, r"hold NaN or inf in 1.theta.J")]:
+        bad = {**st, "model": {**st["model"], "1.theta.J": torch.full_like(st["model"]["1.theta.J"], value)}}
+        save_checkpoint(bad, tmp_path / "checkpoint")
+        fresh = _setup()[1]
+        with pytest.raises(ConfigError, match=rf"^weights .*checkpoint.safetensors(:)? {msg}"):
+            Trainer(fresh, task, "pat", cfg, tmp_path).train(resume=True)
+        assert fresh[1].system.queries == 0  # refused before any device call
+
+
+def test_a_damaged_method_log_is_kept_aside_and_resume_goes_on(tmp_path, capsys):
+    task, model = _setup()
+    cfg = TrainConfig(epochs=2, batch_size=64, monitor_physical=False, progress=False)
+    Trainer(model, task, "pat", cfg, tmp_path).train(stop_after=1)
+    log = tmp_path / "device_log.h5"
+    log.write_bytes(log.read_bytes()[:3000])  # truncated (a full disk, a bad copy)
+    Trainer(_setup()[1], task, "pat", cfg, tmp_path).fit(resume=True)
+    kept = [p.name for p in tmp_path.glob("device_log.*.h5")]
+    assert len(kept) == 1 and f"it is kept as {tmp_path / kept[0]} and a new log begins" in capsys.readouterr().err
+    resumed = MeasurementLog(log, model[1].system.spec)
+    assert len(resumed) > 0  # the resumed epoch's calls, in the new log
+    resumed.close()
 
 
 def test_resuming_a_checkpoint_of_another_network_is_a_one_line_error(tmp_path):

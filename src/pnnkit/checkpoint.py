@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 import torch
 from torch import Tensor
 
 from .errors import ConfigError, DataError
+from .interrupts import interrupt_gate
 
 _T = "__tensor__"
+_SAVE = "pnnkit_save"  # the id of one save_checkpoint, in both files of the pair
 
 
 def _split(obj: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:
@@ -73,10 +76,13 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     tensors: dict[str, Tensor] = {}
     tree = _split(state, "s", tensors)
     w, j = path.with_suffix(".safetensors"), path.with_suffix(".json")
-    write_safetensors(tensors, str(w) + ".tmp")
-    Path(str(w) + ".tmp").replace(w)
-    Path(str(j) + ".tmp").write_text(json.dumps(tree))
-    Path(str(j) + ".tmp").replace(j)
+    save = uuid.uuid4().hex  # in both files: a pair from two different saves is recognised when read
+    write_safetensors(tensors, str(w) + ".tmp", metadata={_SAVE: save})
+    Path(str(j) + ".tmp").write_text(json.dumps({_SAVE: save, "state": tree}))
+    with interrupt_gate() as gate:  # Ctrl-C waits until both files are in place
+        gate.close()
+        Path(str(w) + ".tmp").replace(w)
+        Path(str(j) + ".tmp").replace(j)
     return path
 
 
@@ -88,6 +94,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         tensors = load_file(str(w))
         tree = json.loads(j.read_text())
+        if isinstance(tree, dict) and _SAVE in tree:  # checkpoints written since session 23 name their save
+            with safe_open(str(w), "pt") as f:
+                save = (f.metadata() or {}).get(_SAVE)
+            if save != tree[_SAVE]:
+                raise DataError(f"checkpoint {path}: {j.name} and {w.name} come from different saves (a save cut "
+                                "short); start the method again, or restore the pair from a copy")
+            tree = tree["state"]
     except (SafetensorError, OSError, json.JSONDecodeError) as e:
         raise DataError(f"cannot read checkpoint {path}: {e}") from e
     try:
@@ -143,11 +156,17 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
         hint = (f" ({path.name} of a trainer checkpoint is read with its {path.with_suffix('.json').name}, which is "
                 "not beside it)" if path.stem == "checkpoint" and not path.with_suffix(".json").exists() else "")
         raise ConfigError(f"weights {path} do not fit this network: {'; '.join(problems)}{hint}")
+    check_stored_values(model, state, path)
+    model.load_state_dict(state)
+
+
+def check_stored_values(model: torch.nn.Module, state: dict[str, Tensor], path: Path) -> None:
+    """Refuse stored weights (``path``: where they were read) holding NaN or inf, or θ of a ``clamp`` physical layer
+    outside its system's declared range."""
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise ConfigError(f"weights {path} hold NaN or inf in {', '.join(bad[:4])}" + (" …" if len(bad) > 4 else ""))
     _check_theta_ranges(model, state, path)
-    model.load_state_dict(state)
 
 
 def _check_theta_ranges(model: torch.nn.Module, state: dict[str, Tensor], path: Path) -> None:
@@ -160,7 +179,9 @@ def _check_theta_ranges(model: torch.nn.Module, state: dict[str, Tensor], path: 
         if not isinstance(layer, PhysicalLayer) or layer.param_constraint != "clamp":
             continue
         for p in layer.system.spec.params:
-            v = state[f"{name}.theta.{p.name}" if name else f"theta.{p.name}"]
+            v = state.get(f"{name}.theta.{p.name}" if name else f"theta.{p.name}")
+            if v is None:  # a file of another network: load_state_dict names what is missing
+                continue
             lo, hi = float(v.min()), float(v.max())
             if lo < p.low or hi > p.high:
                 raise ConfigError(f"weights {path}: {name + '.' if name else ''}theta.{p.name} spans [{lo:.4g}, "

@@ -77,21 +77,23 @@ def make_twin(system: PhysicalSystem, cfg: TwinConfig, out_dir: Path | None = No
     again."""
     t0 = time.perf_counter()
     state = out_dir / LAB_STATE_AFTER_TWIN if out_dir is not None else None
+    saved = out_dir / "twin_measurements.h5" if out_dir is not None else None
     if cfg.path:
         twin = DigitalTwin.load(cfg.path, system.spec)
         if reuse and state is not None and state.with_suffix(".json").exists():
             system.set_state(load_checkpoint(state)["system"])  # the lab as it was after measuring for this twin
-        return TwinOutcome(twin, None, 0.0)
-    saved = out_dir / "twin_measurements.h5" if out_dir is not None else None
+        return TwinOutcome(twin, _measured_before(saved, system, cfg) if reuse and saved is not None else None, 0.0)
     data = _measured_before(saved, system, cfg) if reuse and saved is not None and saved.exists() else None
     if data is None:
         data = _measure_for_twin(system, cfg, out_dir, progress)
-        if state is not None:  # so that a resumed run continues the lab's noise from here, as if never stopped
-            save_checkpoint({"system": system.get_state()}, state)
     else:
         print(f"note: fitting the twin to the measurements already in {saved} (not measured again)", file=sys.stderr)
         if state is not None and state.with_suffix(".json").exists():
             system.set_state(load_checkpoint(state)["system"])
+        else:
+            print(f"note: the lab's state after those measurements was not saved ({state}.json): the lab's noise "
+                  "continues from its seed, so this run's numbers can differ from an uninterrupted run's",
+                  file=sys.stderr)
     torch.manual_seed(cfg.seed)  # twin initial weights
     if cfg.kind == "physics":
         factory = getattr(system, "ideal_twin", None)
@@ -139,7 +141,8 @@ def _measure_for_twin(system: PhysicalSystem, cfg: TwinConfig, out_dir: Path | N
         print(f"note: the {len(partial)} samples measured before are kept in {path}", file=sys.stderr)
         raise
     data.meta["queries"] = system.queries - q0
-    if out_dir:
+    if out_dir:  # the lab's state first: measurements on disk always have theirs beside them (for --resume)
+        save_checkpoint({"system": system.get_state()}, out_dir / LAB_STATE_AFTER_TWIN)
         data.save(out_dir / "twin_measurements.h5")
     return data
 

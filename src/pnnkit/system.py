@@ -278,8 +278,9 @@ class PhysicalSystem(ABC):
                 if isinstance(e, PnnkitError) or not isinstance(e, Exception):  # our own errors, Ctrl-C: as they are
                     raise
                 # the device's own failure (driver, timeout, simulator): named, with its cause
+                said = " / ".join(line.strip() for line in str(e).splitlines() if line.strip())  # one line
                 raise DeviceError(f"{self.spec.name}: measure() failed on call {self.calls} (batch of {batch}): "
-                                  f"{type(e).__name__}: {e}{kept}") from e
+                                  f"{type(e).__name__}: {said}{kept}") from e
             measured, out = self._record(y, x, params, batch, log)
         y = measured if measured.dtype == out else measured.to(out)
         if not _finite_within(y, -math.inf, math.inf) and not torch.isfinite(y).all():
@@ -339,7 +340,13 @@ class PhysicalSystem(ABC):
         try:  # never in the way of the device's own error
             y = torch.as_tensor(np.ma.filled(np.ma.asarray(part, dtype=np.float64), np.nan))
             if tuple(y.shape) != (x.shape[0], self.spec.output_dim):
-                return ""
+                why = (f"partial_reading of shape {tuple(y.shape)}, expected ({x.shape[0]}, {self.spec.output_dim}) "
+                       "with NaN rows for the samples not measured")
+                if not hasattr(log, "append_refused"):
+                    return f" (its {why} could not be logged)"
+                gate.close()
+                where = log.append_refused(x, params, part, why)
+                return f" (its {why}, is kept in {getattr(log, 'path', 'the attached log')} under {where})"
             gate.close()
             log.append(x, params, y)
         except Exception as e:

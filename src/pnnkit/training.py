@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -15,9 +16,9 @@ from torch.nn import functional as F
 
 from .allocator import auto_retain
 from .augment import RandomAffine
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import check_stored_values, load_checkpoint, save_checkpoint
 from .config import SEED_LIMIT
-from .errors import ConfigError, DivergenceError
+from .errors import ConfigError, DataError, DivergenceError
 from .layers import (
     Mode, init_from_data, physical_layers, project_parameters, set_mode, set_overlap, using_mode,
 )
@@ -308,7 +309,12 @@ def attach_device_logs(model: nn.Module, directory: Path, fresh: bool, name: str
             path = directory / f"{name}{'' if k == 0 else f'_{k}'}.h5"
             if fresh:
                 keep_existing(path)
-            logs.append(MeasurementLog(path, s.spec))
+            try:
+                logs.append(MeasurementLog(path, s.spec))
+            except DataError as e:  # a damaged log, or not this system's: kept under another name, a new one begun
+                kept = keep_existing(path)
+                print(f"note: {e}; it is kept as {kept} and a new log begins", file=sys.stderr)
+                logs.append(MeasurementLog(path, s.spec))
             s.push_log(logs[-1])
     except BaseException:  # the logs opened so far go back: each system keeps the log it had before
         detach_device_logs(model, logs)
@@ -480,6 +486,8 @@ class Trainer:
     def load_state(self, st: dict[str, Any]) -> None:
         if st.get("mode") != self.mode:
             raise ConfigError(f"checkpoint was written in mode {st.get('mode')!r}, not {self.mode!r}")
+        if isinstance(st.get("model"), dict):  # θ edited or damaged on disk never reaches the device
+            check_stored_values(self.model, st["model"], self.checkpoint_path.with_suffix(".safetensors"))
         try:
             self.model.load_state_dict(st["model"])
         except RuntimeError as e:  # torch's message spans lines: keep it on one
