@@ -19,9 +19,6 @@ from .networks import NetworkConfig
 from .options import StrictModel
 
 
-_Strict = StrictModel  # the base of every config model here
-
-
 SEED_LIMIT = 2**32
 """Seeds (and lab units, which seed a unit's fixed defects) lie in ``[0, SEED_LIMIT)``: scikit-learn takes at most
 32-bit seeds (``seed`` → the cross-validation folds), and the labs and the trainer derive torch seeds from them by
@@ -31,14 +28,14 @@ Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT, description="0 ≤ seed < 2**32
 Width = Annotated[int, Field(ge=1, description="hidden layer width (≥ 1)")]
 
 
-class TaskConfig(_Strict):
+class TaskConfig(StrictModel):
     """Data set: a registered task name and its loader options (e.g. ``data_dir``, ``seed``)."""
 
     name: str = "digits"
     options: dict[str, Any] = {}
 
 
-class LabConfig(_Strict):
+class LabConfig(StrictModel):
     """The physical system: a registered lab, its physical ``unit`` (fixed defects), noise ``seed``, options."""
 
     name: str = "oscillators"
@@ -56,7 +53,7 @@ class LabConfig(_Strict):
         return v
 
 
-class TwinFitConfig(_Strict):
+class TwinFitConfig(StrictModel):
     """Twin fitting: Adam with cosine decay, early stopping on a held-out split."""
 
     epochs: int = Field(200, gt=0)
@@ -68,7 +65,7 @@ class TwinFitConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
 
 
-class TwinConfig(_Strict):
+class TwinConfig(StrictModel):
     """Digital twin: ``mlp`` (black box) or ``physics`` (the lab's design model with fitted calibration).
 
     ``samples`` measurements are taken on a ``design`` (sobol/lhs) over the declared ranges, each setting of θ
@@ -103,7 +100,7 @@ class TwinConfig(_Strict):
         return self
 
 
-class AugmentConfig(_Strict):
+class AugmentConfig(StrictModel):
     """Random affine distortion of each training batch (image tasks only; see :class:`pnnkit.augment.RandomAffine`).
     Each sample gets its own uniform shift in [−shift, shift] pixels per axis, rotation in [−rotate, rotate]
     degrees and zoom factor in [1 − scale, 1 + scale]; test data is never distorted."""
@@ -113,7 +110,7 @@ class AugmentConfig(_Strict):
     scale: float = Field(0.0, ge=0, lt=1, description="relative zoom")
 
 
-class TrainingConfig(_Strict):
+class TrainingConfig(StrictModel):
     """Optimisation (see :class:`pnnkit.training.TrainConfig`)."""
 
     epochs: int = Field(20, gt=0)
@@ -155,7 +152,7 @@ class TrainingConfig(_Strict):
                                  "pat_init: in_silico); physical_lr and readout_lr, if set, still apply")
 
 
-class DigitalBaselineConfig(_Strict):
+class DigitalBaselineConfig(StrictModel):
     """A digital classifier on the same features, for context.
 
     ``without_physical``: the experiment's own network with its physical blocks removed (same digital
@@ -172,7 +169,7 @@ class DigitalBaselineConfig(_Strict):
         "use 2 or more CPUs")
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(StrictModel):
     """One experiment: task, lab, twin, network and training, run for each of ``methods``."""
 
     name: str = "experiment"

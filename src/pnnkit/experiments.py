@@ -83,7 +83,7 @@ def make_twin(system: PhysicalSystem, cfg: TwinConfig, out_dir: Path | None = No
         if reuse and state is not None and state.with_suffix(".json").exists():
             system.set_state(load_checkpoint(state)["system"])  # the lab as it was after measuring for this twin
         return TwinOutcome(twin, _measured_before(saved, system, cfg) if reuse and saved is not None else None, 0.0)
-    data = _measured_before(saved, system, cfg) if reuse and saved is not None and saved.exists() else None
+    data = _measured_before(saved, system, cfg) if reuse and saved is not None else None
     if data is None:
         data = _measure_for_twin(system, cfg, out_dir, progress)
     else:
@@ -111,8 +111,8 @@ def make_twin(system: PhysicalSystem, cfg: TwinConfig, out_dir: Path | None = No
 
 
 def _measured_before(path: Path, system: PhysicalSystem, cfg: TwinConfig) -> MeasurementSet | None:
-    """The measurements in ``path`` if they are this lab's, taken on ``cfg``'s design (written only once the whole
-    design was measured); else None."""
+    """The measurements in ``path`` if they are there, this lab's, taken on ``cfg``'s design (written only once the
+    whole design was measured); else None."""
     try:
         data = MeasurementSet.load(path)
     except DataError:

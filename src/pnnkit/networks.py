@@ -16,10 +16,7 @@ from .pat import Twin
 from .system import PhysicalSystem
 
 
-_Block = StrictModel  # the base of every block config
-
-
-class PhysicalBlock(_Block):
+class PhysicalBlock(StrictModel):
     """One physical layer: the lab, with its own trainable θ (same device reused layer after layer)."""
 
     type: Literal["physical"]
@@ -27,7 +24,7 @@ class PhysicalBlock(_Block):
     param_constraint: Literal["clamp", "sigmoid"] = "clamp"
 
 
-class ParallelBlock(_Block):
+class ParallelBlock(StrictModel):
     """One physical layer made of ``channels`` uses of the same lab side by side, each with its own θ
     (the paper's several physical channels / sub-layers per layer).
 
@@ -50,7 +47,7 @@ class ParallelBlock(_Block):
     param_constraint: Literal["clamp", "sigmoid"] = "clamp"
 
 
-class RescaleBlock(_Block):
+class RescaleBlock(StrictModel):
     """Trainable elementwise ``a ⊙ x + b``: initialised to ``a = scale``, ``b = bias`` (``init: fixed``), or
     (``init: data``) so that its outputs have per-feature mean ``bias`` and std ``scale`` on a batch of training
     data at the start of training (see :func:`pnnkit.layers.init_from_data`)."""
@@ -61,7 +58,7 @@ class RescaleBlock(_Block):
     init: Literal["fixed", "data"] = "fixed"
 
 
-class LinearBlock(_Block):
+class LinearBlock(StrictModel):
     """Digital dense layer to ``out`` features."""
 
     type: Literal["linear"]
@@ -69,7 +66,7 @@ class LinearBlock(_Block):
     bias: bool = True
 
 
-class SliceBlock(_Block):
+class SliceBlock(StrictModel):
     """Keep features ``[start, stop)``."""
 
     type: Literal["slice"]
@@ -77,7 +74,7 @@ class SliceBlock(_Block):
     stop: int = Field(gt=0)
 
 
-class PoolBlock(_Block):
+class PoolBlock(StrictModel):
     """Average features into ``out`` groups (no parameters).
 
     ``order: consecutive`` (default) averages runs of neighbouring features (like coarser detector bins);
@@ -92,7 +89,7 @@ class PoolBlock(_Block):
     order: Literal["consecutive", "interleaved"] = "consecutive"
 
 
-class ViewsBlock(_Block):
+class ViewsBlock(StrictModel):
     """The incoming square image's pixels in several playback orders, concatenated (no parameters).
 
     ``rows``: raster order, row by row (the features' own order); ``columns``: column by column (the transposed
@@ -107,7 +104,7 @@ class ViewsBlock(_Block):
     views: list[Literal["rows", "columns", "hilbert", "hilbert_transposed"]] = Field(min_length=1)
 
 
-class ActivationBlock(_Block):
+class ActivationBlock(StrictModel):
     """Digital elementwise nonlinearity."""
 
     type: Literal["activation"]
@@ -121,7 +118,7 @@ Block = Annotated[
 ]
 
 
-class NetworkConfig(_Block):
+class NetworkConfig(StrictModel):
     """``stem`` once, then ``layer`` repeated ``depth`` times, then ``head`` (whose last width = classes)."""
 
     depth: int = Field(1, ge=0)

@@ -691,9 +691,5 @@ class Trainer:
             list(self.readout_refits_epoch),
         )
         if self.checkpoint_path is not None and self.epoch == self.cfg.epochs:
-            self.final = asdict(res)
-            try:
-                save_checkpoint(self.state(), self.checkpoint_path)
-            finally:
-                self.final = None
+            save_checkpoint({**self.state(), "final": asdict(res)}, self.checkpoint_path)
         return res

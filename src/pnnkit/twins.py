@@ -307,10 +307,10 @@ def fit_twin(
             raise ConfigError(f"fit_twin: {name} must be an integer, got {v!r}")
     if (epochs < 1 or batch_size < 1 or patience < 1 or not 0 < lr < math.inf or not 0 < val_fraction < 1
             or not 0 <= weight_decay < math.inf or not 0 <= seed < SEED_LIMIT):
-        raise ConfigError(f"fit_twin: need epochs, batch_size, patience ≥ 1, a finite lr > 0, 0 < val_fraction < 1, a "
-                          f"finite weight_decay ≥ 0 and 0 ≤ seed < 2**32; got epochs={epochs}, batch_size={batch_size}, "
-                          f"patience={patience}, lr={lr}, val_fraction={val_fraction}, weight_decay={weight_decay}, "
-                          f"seed={seed}")
+        raise ConfigError(f"fit_twin: need epochs, batch_size, patience ≥ 1, a finite lr > 0, 0 < val_fraction < 1, "
+                          f"a finite weight_decay ≥ 0 and 0 ≤ seed < 2**32; got epochs={epochs}, "
+                          f"batch_size={batch_size}, patience={patience}, lr={lr}, val_fraction={val_fraction}, "
+                          f"weight_decay={weight_decay}, seed={seed}")
     bad = int((~torch.isfinite(data.y)).flatten(1).any(1).sum()) + int((~torch.isfinite(data.x)).any(1).sum())
     if bad:
         raise DataError(f"fit_twin: {bad} measurements contain NaN or inf; drop them first (a log's "

@@ -53,6 +53,8 @@ def resolve_imperfections(options: dict[str, Any], cls: type) -> Any:
             imp = cls(**imp)
         except TypeError as e:
             raise ConfigError(f"imperfections: {e}") from e
+    elif imp is not None and not isinstance(imp, cls):
+        raise ConfigError(f"imperfections must be a {cls.__name__} or a mapping of its fields, got {imp!r}")
     return (imp or cls()).scaled(scale)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..config import SEED_LIMIT
 from ..errors import ConfigError
 from ..options import float_dtype_named
 
@@ -44,6 +45,12 @@ def check_fields(lab: str, obj: Any, prefix: str, rules: dict[str, Rule], intege
     """Each field of the dataclass ``obj`` (the lab's option ``prefix``) against its rule."""
     for name, (rule, ok) in rules.items():
         check(lab, f"{prefix}.{name}", getattr(obj, name), rule, ok, integer=name in integers)
+
+
+def check_unit_and_seed(lab: str, unit: Any, seed: Any) -> None:
+    """A lab's ``unit`` (its fixed defects) and noise ``seed``: integers in [0, 2**32), as a config's are."""
+    for name, value in (("unit", unit), ("seed", seed)):
+        check(lab, name, value, "an integer in [0, 2**32)", lambda v: 0 <= v < SEED_LIMIT, integer=True)
 
 
 def float_dtype(lab: str, value: Any) -> torch.dtype:

@@ -19,12 +19,11 @@ import torch
 from torch import Tensor, nn
 from torchdiffeq import odeint
 
-from ..config import SEED_LIMIT
 from ..errors import ConfigError
 from ..spec import ParamSpec, SystemSpec
 from ..system import Params
 from . import VirtualLab, register_lab, resolve_imperfections
-from .checks import check, float_dtype
+from .checks import check_unit_and_seed, float_dtype
 from ..twins import DigitalTwin, register_twin
 
 
@@ -124,8 +123,7 @@ class CoupledOscillatorLab(VirtualLab):
                             ("drive_max", drive_max)):
             if isinstance(value, bool) or not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"oscillator lab: {name} must be a finite number > 0, got {value!r}")
-        for name, value in (("unit", unit), ("seed", seed)):
-            check("oscillator lab", name, value, "an integer in [0, 2**32)", lambda v: 0 <= v < SEED_LIMIT, integer=True)
+        check_unit_and_seed("oscillator lab", unit, seed)
         dtype = float_dtype("oscillator lab", dtype)
         self.n, self.duration, self.steps = int(n), float(duration), int(steps)
         self.unit, self.ideal = int(unit), bool(ideal)

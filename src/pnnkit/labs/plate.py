@@ -42,12 +42,11 @@ import torch
 from torch import Tensor, nn
 from torchdiffeq import odeint
 
-from ..config import SEED_LIMIT
 from ..errors import ConfigError
 from ..spec import ParamSpec, SystemSpec
 from ..system import Params
 from . import VirtualLab, register_lab, resolve_imperfections
-from .checks import MAX_BITS, check, check_fields, finite, float_dtype, nonneg, positive
+from .checks import MAX_BITS, check, check_fields, check_unit_and_seed, finite, float_dtype, nonneg, positive
 from ..twins import DigitalTwin, register_twin
 
 __all__ = [
@@ -855,8 +854,7 @@ class PlateLab(VirtualLab):
             _check(name, value, f"an integer ≥ {low}", lambda v, low=low: v >= low, integer=True)
         _check("drive_scale", drive_scale, "a finite number > 0 V/V", positive)
         _check("sample_rate", sample_rate, "a finite number > 0 Hz", positive)
-        for name, value in (("unit", unit), ("seed", seed)):
-            _check(name, value, "an integer in [0, 2**32)", lambda v: 0 <= v < SEED_LIMIT, integer=True)
+        check_unit_and_seed("plate", unit, seed)
         dtype = _float_dtype(dtype)
         if isinstance(design, dict):
             design = PlateDesign.from_dict(design)
@@ -1096,9 +1094,6 @@ class PlatePhysicsTwin(DigitalTwin):
 
 
 def _make(**options: Any) -> PlateLab:
-    imp = options.get("imperfections")
-    if imp is not None and not isinstance(imp, (dict, PlateImperfections)):
-        raise ConfigError(f"plate: imperfections must be a PlateImperfections or a mapping of its fields, got {imp!r}")
     imp = resolve_imperfections(options, PlateImperfections)
     design = options.pop("design", None)
     if isinstance(design, dict):

@@ -35,12 +35,11 @@ import torch
 from scipy.special import ndtr
 from torch import Tensor, nn
 
-from ..config import SEED_LIMIT
 from ..errors import ConfigError
 from ..spec import ParamSpec, SystemSpec
 from ..system import Params
 from . import VirtualLab, register_lab, resolve_imperfections
-from .checks import MAX_BITS, check, check_fields, finite, float_dtype, nonneg, positive
+from .checks import MAX_BITS, check, check_fields, check_unit_and_seed, finite, float_dtype, nonneg, positive
 from ..twins import DigitalTwin, register_twin
 
 C_NM_PER_FS = 299.792458  # speed of light, nm/fs
@@ -435,8 +434,7 @@ class SHGLab(VirtualLab):
         _check_design({"n_inputs": n_inputs, "n_params": n_params, "output_dim": output_dim,
                        "crystal_length_mm": crystal_length_mm, "wavelength_nm": wavelength_nm,
                        "pulse_fwhm_fs": pulse_fwhm_fs, "window_nm": window_nm, "spectrometer_span": spectrometer_span})
-        for name, value in (("unit", unit), ("seed", seed)):
-            _check(name, value, "an integer in [0, 2**32)", lambda v: 0 <= v < SEED_LIMIT, integer=True)
+        check_unit_and_seed("shg", unit, seed)
         dtype = _float_dtype(dtype)
         if imperfections is not None and not isinstance(imperfections, SHGImperfections):
             raise ConfigError(f"shg: imperfections must be an SHGImperfections or a mapping of its fields, got "
@@ -651,9 +649,6 @@ class SHGPhysicsTwin(DigitalTwin):
 
 
 def _make(**options: Any) -> SHGLab:
-    imp = options.get("imperfections")
-    if imp is not None and not isinstance(imp, (dict, SHGImperfections)):
-        raise ConfigError(f"shg: imperfections must be an SHGImperfections or a mapping of its fields, got {imp!r}")
     imp = resolve_imperfections(options, SHGImperfections)
     return SHGLab(imperfections=imp, **options)
 
