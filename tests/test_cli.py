@@ -287,9 +287,11 @@ def test_a_run_stopped_after_its_twin_resumes_to_the_uninterrupted_runs_numbers(
     for m in ("pat", "in_silico"):
         assert resumed["methods"][m]["test_accuracy"] == full["methods"][m]["test_accuracy"], m
         assert resumed["methods"][m]["confusion"] == full["methods"][m]["confusion"], m
-    # the twin's record is the original fit's, not "nothing measured" (its fit time is this process's: 0)
+    # the twin's record is the interrupted run's original measurements and fit, not "nothing measured or fitted"
+    b = json.loads((tmp_path / "b" / "twin.json").read_text())["report"]["seconds"]
     same = ("train_samples", "val_nrmse", "measurement_queries")
     assert [resumed["twin"][k] for k in same] == [full["twin"][k] for k in same] and full["twin"]["measurement_queries"]
+    assert resumed["twin"]["fit_seconds"] == b > 0 and resumed["twin"]["measurement_seconds"] > 0
 
 
 def test_out_never_loses_an_earlier_run_and_bad_outs_are_refused(tmp_path):

@@ -55,6 +55,42 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, init, augmen
     assert (tmp_path / "cut" / "tb").is_dir()
 
 
+def test_a_stop_in_an_epochs_monitoring_pass_keeps_its_training(tmp_path, monkeypatch):
+    import pnnkit.training as tr
+
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.02, seed=0, monitor_physical=True, progress=False)
+    task, model = _setup()
+    full = Trainer(model, task, "pat", cfg, tmp_path / "full")
+    full.train()
+    want = {k: v.clone() for k, v in model.state_dict().items()}
+
+    task, model = _setup()
+    cut = Trainer(model, task, "pat", cfg, tmp_path / "cut")
+    measure = tr.accuracy
+
+    def stopped(m, x, y, mode, *a, **k):  # Ctrl-C while epoch 2's test set is being measured
+        if mode == "physical" and cut.epoch == 2:
+            raise KeyboardInterrupt
+        return measure(m, x, y, mode, *a, **k)
+
+    monkeypatch.setattr(tr, "accuracy", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        cut.train()
+    monkeypatch.setattr(tr, "accuracy", measure)
+    task, model = _setup()
+    resumed = Trainer(model, task, "pat", cfg, tmp_path / "cut")
+    resumed.train(resume=True)
+    # this process measured epoch 2's test set and epoch 3, not epoch 2's training again (2 layers per sample)
+    assert model[1].system.queries == 2 * (64 + 256 + 64)
+    for k in want:
+        assert torch.equal(model.state_dict()[k], want[k]), k
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in full.history]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.history] == strip
+    assert (resumed.train_queries, resumed.eval_queries) == (full.train_queries, full.eval_queries)
+    with open(tmp_path / "cut" / "log.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
+
+
 def test_result_reports_physical_and_twin_accuracy(tmp_path):
     task, model = _setup()
     cfg = TrainConfig(epochs=2, batch_size=64, lr=0.02, monitor_physical=False, progress=False)

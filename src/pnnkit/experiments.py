@@ -38,8 +38,7 @@ def build_lab(cfg: LabConfig) -> PhysicalSystem:
 @dataclass
 class TwinOutcome:
     twin: DigitalTwin
-    data: MeasurementSet | None
-    seconds: float
+    data: MeasurementSet | None  #: the measurements it was fitted to in this run (None: a twin loaded from a file)
 
 
 @contextmanager
@@ -75,14 +74,13 @@ def make_twin(system: PhysicalSystem, cfg: TwinConfig, out_dir: Path | None = No
     (unless the system logs elsewhere already), so a killed acquisition keeps what it measured. With ``reuse``
     (resuming a run), a complete ``out_dir/twin_measurements.h5`` of this design is fitted instead of measuring
     again."""
-    t0 = time.perf_counter()
     state = out_dir / LAB_STATE_AFTER_TWIN if out_dir is not None else None
     saved = out_dir / "twin_measurements.h5" if out_dir is not None else None
     if cfg.path:
         twin = DigitalTwin.load(cfg.path, system.spec)
         if reuse and state is not None and state.with_suffix(".json").exists():
             system.set_state(load_checkpoint(state)["system"])  # the lab as it was after measuring for this twin
-        return TwinOutcome(twin, _measured_before(saved, system, cfg) if reuse and saved is not None else None, 0.0)
+        return TwinOutcome(twin, _measured_before(saved, system, cfg) if reuse and saved is not None else None)
     data = _measured_before(saved, system, cfg) if reuse and saved is not None else None
     if data is None:
         data = _measure_for_twin(system, cfg, out_dir, progress)
@@ -107,7 +105,7 @@ def make_twin(system: PhysicalSystem, cfg: TwinConfig, out_dir: Path | None = No
              patience=f.patience, weight_decay=f.weight_decay, seed=cfg.seed, progress=progress)
     if out_dir:
         twin.save(out_dir / "twin.safetensors")
-    return TwinOutcome(twin, data, time.perf_counter() - t0)
+    return TwinOutcome(twin, data)
 
 
 def _measured_before(path: Path, system: PhysicalSystem, cfg: TwinConfig) -> MeasurementSet | None:
@@ -126,7 +124,7 @@ def _measured_before(path: Path, system: PhysicalSystem, cfg: TwinConfig) -> Mea
 
 
 def _measure_for_twin(system: PhysicalSystem, cfg: TwinConfig, out_dir: Path | None, progress: bool) -> MeasurementSet:
-    q0 = system.queries
+    q0, t0 = system.queries, time.perf_counter()
     try:
         with logged(system, out_dir / "device_log.h5" if out_dir is not None else None):
             data = acquire(system, cfg.samples, inputs_per_setting=cfg.inputs_per_setting, design=cfg.design,
@@ -141,6 +139,7 @@ def _measure_for_twin(system: PhysicalSystem, cfg: TwinConfig, out_dir: Path | N
         print(f"note: the {len(partial)} samples measured before are kept in {path}", file=sys.stderr)
         raise
     data.meta["queries"] = system.queries - q0
+    data.meta["seconds"] = time.perf_counter() - t0
     if out_dir:  # the lab's state first: measurements on disk always have theirs beside them (for --resume)
         save_checkpoint({"system": system.get_state()}, out_dir / LAB_STATE_AFTER_TWIN)
         data.save(out_dir / "twin_measurements.h5")
@@ -409,8 +408,10 @@ def _run_methods(cfg: ExperimentConfig, out: Path, task: ClassificationTask, sys
             "val_nrmse": rep.val_nrmse if rep else None,
             "val_nrmse_per_output": rep.val_nrmse_per_output if rep else None,
             "noise_floor_nrmse": rep.noise_floor_nrmse if rep else None,
+            # the twin's measurements and fit as first done: a resumed run reads them from DIR's files
             "measurement_queries": tw.data.meta.get("queries", 0) if tw.data else 0,
-            "fit_seconds": tw.seconds,
+            "measurement_seconds": tw.data.meta.get("seconds") if tw.data else 0.0,
+            "fit_seconds": (rep.seconds if rep else None) if tw.data else 0.0,
         }
     histories: dict[str, Any] = {}
     models: dict[str, torch.nn.Module] = {}

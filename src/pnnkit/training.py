@@ -405,8 +405,8 @@ class Trainer:
     """Train ``model`` on ``task`` in ``mode``; test accuracy is always measured on the physical system.
 
     Writes to ``out_dir`` (if given): ``log.csv``, TensorBoard events in ``tb/``, and ``checkpoint.*`` after every
-    epoch. ``resume=True`` continues from the checkpoint there (same final parameters as an uninterrupted run
-    with the same seeds, for labs whose noise state is checkpointable).
+    epoch (and before its monitoring pass). ``resume=True`` continues from the checkpoint there (same final
+    parameters as an uninterrupted run with the same seeds, for labs whose noise state is checkpointable).
     """
 
     def __init__(
@@ -458,6 +458,8 @@ class Trainer:
             raise ConfigError(f"refit_every_max_iter must be ≥ 1, got {self.cfg.refit_every_max_iter}")
         self.readout_refits_epoch: list[dict[str, Any]] = []
         self.final: dict[str, Any] | None = None  # the final evaluation, as read back from a checkpoint on resume
+        # an epoch trained and checkpointed whose test-set measurement (and log row) is still to come
+        self.unmonitored: dict[str, Any] | None = None
 
     # --- checkpoints ----------------------------------------------------------------------------------------
     @property
@@ -481,6 +483,7 @@ class Trainer:
             "readout_refits_epoch": self.readout_refits_epoch,
             "config": asdict(self.cfg),
             "final": self.final,
+            "unmonitored_epoch": self.unmonitored,
         }
 
     def load_state(self, st: dict[str, Any]) -> None:
@@ -507,6 +510,7 @@ class Trainer:
         self.readout_refit_start = st.get("readout_refit_start")
         self.readout_refits_epoch = list(st.get("readout_refits_epoch") or [])
         self.final = st.get("final")
+        self.unmonitored = st.get("unmonitored_epoch")
 
     # --- loop ----------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
@@ -544,8 +548,30 @@ class Trainer:
         end = cfg.epochs if stop_after is None else min(cfg.epochs, self.epoch + stop_after)
         recorder: _FeatureRecorder | None = None
         logs: list[Any] = []
+
+        def finish_epoch(row: dict[str, Any]) -> None:
+            """The epoch's test-set measurement, its log row, and the checkpoint with both."""
+            if self._monitored():
+                q1 = _queries(model)
+                row["test_accuracy_physical"] = accuracy(model, task.x_test, task.y_test, "physical")
+                self.eval_queries += _queries(model) - q1
+            self.history.append(row)
+            self.unmonitored = None
+            if bar:
+                bar.set_postfix(loss=f"{row['train_loss']:.3f}", test=f"{row.get('test_accuracy_physical', float('nan')):.3f}")
+            if writer:
+                for k, v in row.items():
+                    if k != "epoch" and v is not None:
+                        writer.add_scalar(f"{self.mode}/{k}", v, self.epoch)
+                log.writerow(row)
+                csv_file.flush()
+            if self.checkpoint_path:
+                save_checkpoint(self.state(), self.checkpoint_path)
+
         try:
             logs = self._attach_device_logs(fresh=self.epoch == 0)
+            if self.unmonitored is not None:  # resumed after a stop in that epoch's monitoring: measure it now
+                finish_epoch(self.unmonitored)
             if self.epoch < end:  # data-dependent init of rescales not yet initialised (a no-op for most networks)
                 q0 = _queries(model)
                 g = torch.Generator().manual_seed(cfg.seed * 100_003 + 99_991)
@@ -611,21 +637,12 @@ class Trainer:
                 }
                 if self.mode == "in_silico":
                     row["test_accuracy_twin"] = accuracy(model, task.x_test, task.y_test, "in_silico")
-                if cfg.monitor_physical and (self.epoch % cfg.monitor_every == 0 or self.epoch == cfg.epochs):
-                    q1 = _queries(model)
-                    row["test_accuracy_physical"] = accuracy(model, task.x_test, task.y_test, "physical")
-                    self.eval_queries += _queries(model) - q1
-                self.history.append(row)
-                if bar:
-                    bar.set_postfix(loss=f"{row['train_loss']:.3f}", test=f"{row.get('test_accuracy_physical', float('nan')):.3f}")
-                if writer:
-                    for k, v in row.items():
-                        if k != "epoch" and v is not None:
-                            writer.add_scalar(f"{self.mode}/{k}", v, self.epoch)
-                    log.writerow(row)
-                    csv_file.flush()
-                if self.checkpoint_path:
+                if self.checkpoint_path and self._monitored():
+                    # the epoch's training is on disk before the test set is measured: a stop in that pass loses
+                    # none of it (resume measures the test set from this state, as the uninterrupted run did)
+                    self.unmonitored = row
                     save_checkpoint(self.state(), self.checkpoint_path)
+                finish_epoch(row)
             if cfg.refit_readout and self.epoch == cfg.epochs and self.readout_refit is None:
                 if self.checkpoint_path:  # the network as trained, before the end refit replaces its readout
                     save_checkpoint(self.state(), self.checkpoint_path.with_name(PRE_REFIT_CHECKPOINT))
@@ -642,6 +659,11 @@ class Trainer:
                 writer.close()
             if csv_file:
                 csv_file.close()
+
+    def _monitored(self) -> bool:
+        """Whether the test set is measured on the physical system after the epoch just trained."""
+        cfg = self.cfg
+        return cfg.monitor_physical and (self.epoch % cfg.monitor_every == 0 or self.epoch == cfg.epochs)
 
     def _attach_device_logs(self, fresh: bool) -> list[Any]:
         """With an ``out_dir`` and ``record_measurements``: every device call of the method (training, monitoring,

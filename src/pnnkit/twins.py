@@ -8,6 +8,7 @@ import json
 import math
 import numbers
 import operator
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -262,11 +263,14 @@ class FitReport:
     val_nrmse_per_output: list[float]
     epochs: int
     noise_floor_nrmse: float | None = None
+    seconds: float | None = None  #: wall time of the fit (s); None in twins saved before it was recorded
 
     def summary(self) -> str:
         s = f"twin: {self.train_samples} train / {self.val_samples} val samples, val NRMSE {self.val_nrmse:.4f}"
         if self.noise_floor_nrmse is not None:
             s += f" (measurement-noise floor {self.noise_floor_nrmse:.4f})"
+        if self.seconds is not None:
+            s += f", fitted in {self.seconds:.1f} s"
         return s
 
 
@@ -315,6 +319,7 @@ def fit_twin(
     if bad:
         raise DataError(f"fit_twin: {bad} measurements contain NaN or inf; drop them first (a log's "
                         "to_measurements() does)")
+    t0 = time.perf_counter()
     n = len(data)
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=gen)
@@ -382,7 +387,7 @@ def fit_twin(
     if noise is not None:
         var = y[val_idx].var(0, unbiased=False).clamp_min(1e-30)
         floor = math.sqrt(float((noise.to(dtype).pow(2) / data.y.shape[1]).sum() / var.sum()))
-    twin.report = FitReport(len(tr_idx), len(val_idx), pooled, per, epoch + 1, floor)
+    twin.report = FitReport(len(tr_idx), len(val_idx), pooled, per, epoch + 1, floor, time.perf_counter() - t0)
     return twin.report
 
 
