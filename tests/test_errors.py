@@ -111,7 +111,7 @@ def test_small_layers_and_specs_refuse_sizes_that_would_broadcast_or_vanish():
     assert ParamSpec("w", 4, 0.0, 1.0).shape == (4,)
     with pytest.raises(ConfigError, match=r"need finite input_low < input_high, got \[-inf, inf\]"):
         SystemSpec("s", 2, 2, float("-inf"), float("inf"))
-    for bad in (-1.0, float("nan")):
+    for bad in (-1.0, float("nan"), True):  # a bool is not a scale (True would silently be 1)
         with pytest.raises(ConfigError, match="imperfection_scale must be a finite number ≥ 0"):
             make_lab("oscillators", n=4, imperfection_scale=bad)
 

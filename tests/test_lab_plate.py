@@ -371,6 +371,8 @@ _DAC = "the DAC's ±0.5 V (design.dac_full_scale) cannot play the declared drive
     ({"drive_scale": math.inf}, "drive_scale must be a finite number > 0 V/V, got inf"),
     ({"n_modes": 0}, "n_modes must be an integer ≥ 1, got 0"),
     ({"substeps": 2.5}, "substeps must be an integer ≥ 1, got 2.5"),
+    ({"n_inputs": 2, "n_tail": 1, "substeps": 2, "output_dim": 7},
+     "output_dim must be at most (n_inputs + n_tail) × substeps = 6, the microphone samples it bins, got 7"),
     ({"seed": -1}, "seed must be an integer in [0, 2**32), got -1"),
     ({"dtype": "float16"}, "dtype must be float32 or float64, got 'float16'"),
     ({"imperfections": "none"}, "imperfections must be a PlateImperfections or a mapping of its fields, got 'none'"),

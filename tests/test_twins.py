@@ -72,6 +72,24 @@ def test_physics_twin_calibrates_the_nonlinearity(lab4, data4):
     assert abs(float(twin.log_alpha.exp()) - 1.10) < 0.03  # the unit's +10 % nonlinearity error
 
 
+def test_fit_twin_holds_fixed_parameters_and_names_unknown_ones(lab4, data4):
+    from pnnkit import ConfigError
+
+    sub = data4.subset(torch.arange(512))
+    twin = lab4.ideal_twin()
+    start = {k: v.clone() for k, v in twin.state_dict().items()}
+    fit_twin(twin, sub, epochs=2, lr=0.03, batch_size=256, seed=0, fixed=("log_alpha", "log_input_gain"))
+    after = twin.state_dict()
+    moved = {k for k in start if not torch.equal(start[k], after[k])}
+    assert moved == {"log_coupling_gain", "log_output_gain"}
+    with pytest.raises(ConfigError, match="fixed names log_alfa, which the twin does not have; its parameters: "
+                                          "log_alpha, log_coupling_gain"):
+        fit_twin(lab4.ideal_twin(), sub, epochs=1, fixed=["log_alfa"])
+    every = [k for k, _ in twin.named_parameters()]
+    with pytest.raises(TwinError, match="no trainable parameters to fit \\(all are fixed\\)"):
+        fit_twin(lab4.ideal_twin(), sub, epochs=1, fixed=every)
+
+
 def test_corrupt_or_mismatched_twin_files_give_clear_errors(lab4, tmp_path):
     twin = MLPTwin(lab4.spec, hidden=(8,))
     path = twin.save(tmp_path / "t")

@@ -11,6 +11,7 @@ import operator
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any, ClassVar
 
 import torch
@@ -295,8 +296,11 @@ def fit_twin(
     weight_decay: float = 0.0,
     seed: int = 0,
     progress: bool = False,
+    fixed: Collection[str] = (),
 ) -> FitReport:
     """Fit ``twin`` to ``data`` (MSE on standardised outputs, Adam, cosine LR, early stopping on a held-out split).
+
+    ``fixed``: names of the twin's parameters (as in ``twin.named_parameters()``) held at their current values.
 
     Restores the best validation weights, freezes the twin (eval mode, no grad) and returns its :class:`FitReport`
     (also stored as ``twin.report``).
@@ -335,10 +339,17 @@ def fit_twin(
     if isinstance(twin, MLPTwin):
         twin.set_output_stats(y[tr_idx])
     scale = y[tr_idx].std(0).clamp_min(1e-12)
+    names = dict(twin.named_parameters())
+    unknown = sorted(set([fixed] if isinstance(fixed, str) else fixed) - set(names))
+    if unknown:
+        raise ConfigError(f"fit_twin: fixed names {', '.join(unknown)}, which the twin does not have; its parameters: "
+                          f"{', '.join(names) or 'none'}")
     twin.train().requires_grad_(True)
+    for name in [fixed] if isinstance(fixed, str) else fixed:
+        names[name].requires_grad_(False)
     trainable = [p for p in twin.parameters() if p.requires_grad]
     if not trainable:
-        raise TwinError("twin has no trainable parameters to fit")
+        raise TwinError("twin has no trainable parameters to fit" + (" (all are fixed)" if names else ""))
     opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(tr_idx) / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)

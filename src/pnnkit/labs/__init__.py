@@ -46,7 +46,7 @@ def resolve_imperfections(options: dict[str, Any], cls: type) -> Any:
     ``imperfection_scale`` (multiplies every defect) from a lab's ``options``; return the scaled defects."""
     imp = options.pop("imperfections", None)
     scale = options.pop("imperfection_scale", 1.0)
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
+    if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
         raise ConfigError(f"imperfection_scale must be a finite number ≥ 0, got {scale!r}")
     if isinstance(imp, dict):
         try:

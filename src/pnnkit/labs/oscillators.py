@@ -10,11 +10,13 @@ constant drives ``e``. Output: the angles ``q(T)``. Integrated with torchdiffeq 
 
 from __future__ import annotations
 
+import functools
 import math
-import numbers
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchdiffeq import odeint
@@ -23,8 +25,14 @@ from ..errors import ConfigError
 from ..spec import ParamSpec, SystemSpec
 from ..system import Params
 from . import VirtualLab, register_lab, resolve_imperfections
-from .checks import check_unit_and_seed, float_dtype
+from .checks import check, check_fields, check_unit_and_seed, float_dtype, nonneg, positive
 from ..twins import DigitalTwin, register_twin
+
+# --- option checks ----------------------------------------------------------------------------------------
+LAB = "oscillator lab"  # one-line "oscillator lab: <option> must be …, got …" (prefix pinned by test_bad_input.py)
+_check = functools.partial(check, LAB)
+_check_fields = functools.partial(check_fields, LAB)
+_float_dtype = functools.partial(float_dtype, LAB)
 
 
 @dataclass(frozen=True)
@@ -46,8 +54,27 @@ class OscillatorImperfections:
     input_noise: float = 0.02
     readout_noise: float = 0.01
 
+    # allowed values: the field's name → (rule, test). Standard deviations are ≥ 0; the nonlinearity error must
+    # leave α = 1 + error > 0 (α ≤ 0 is a pendulum with no restoring force, or an inverted one). A coupling's
+    # factor 1 + ε, ε ~ N(0, coupling_error), has no sign rule: J itself takes both signs by design, and a
+    # Gaussian draw can cross 0 at any std > 0 (the documented sweep runs at 4 × 0.2 = 0.8).
+    _RULES: ClassVar[dict[str, tuple[str, Callable[[Any], bool]]]] = {
+        "coupling_error": ("a finite number ≥ 0 (a relative std)", nonneg),
+        "nonlinearity_error": ("a finite number > -1 (α = 1 + error must stay > 0: a restoring force)",
+                               lambda v: v > -1),
+        "input_noise": ("a finite number ≥ 0 (a relative std)", nonneg),
+        "readout_noise": ("a finite number ≥ 0 rad (a std)", nonneg),
+    }
+
+    def __post_init__(self) -> None:
+        _check_fields(self, "imperfections", self._RULES)
+
     def scaled(self, factor: float) -> "OscillatorImperfections":
-        return OscillatorImperfections(**{k: v * factor for k, v in asdict(self).items()})
+        """Every defect × ``factor`` (0 gives the design itself)."""
+        try:
+            return replace(self, **{k: v * factor for k, v in asdict(self).items()})
+        except ConfigError as e:
+            raise ConfigError(f"{e} (after imperfection_scale {factor:g})") from None
 
 
 def couplings_matrix(j_upper: Tensor, n: int) -> Tensor:
@@ -92,8 +119,13 @@ class CoupledOscillatorLab(VirtualLab):
         coupling_max, drive_max: hard ranges of J and e (units of ω₀²).
         unit: seed of this unit's fixed defects (different seeds = different units of the same design).
         ideal: no defects and no noise (the design itself).
-        imperfections: defect levels (see :class:`OscillatorImperfections`).
+        imperfections: defect levels (see :class:`OscillatorImperfections`; also a mapping of its fields).
         seed: seed of the per-measurement noise.
+        dtype: simulation dtype, float32 or float64 (also by name).
+
+    Every option and every imperfection field is checked when the lab is built, before anything is drawn or
+    simulated (a one-line :class:`ConfigError` naming it; the allowed values are listed in
+    ``docs/labs/oscillators.md``).
     """
 
     differentiable = True
@@ -114,17 +146,26 @@ class CoupledOscillatorLab(VirtualLab):
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        if n < 2:
-            raise ConfigError("oscillator lab needs n ≥ 2")
-        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-            raise ConfigError(f"oscillator lab: steps must be an integer ≥ 1 (RK4 steps over the duration), got "
-                              f"{steps!r}")
-        for name, value in (("duration", duration), ("input_max", input_max), ("coupling_max", coupling_max),
-                            ("drive_max", drive_max)):
-            if isinstance(value, bool) or not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
-                raise ConfigError(f"oscillator lab: {name} must be a finite number > 0, got {value!r}")
-        check_unit_and_seed("oscillator lab", unit, seed)
-        dtype = float_dtype("oscillator lab", dtype)
+        # every option is checked before anything is drawn or simulated (the dataclass checks its own fields)
+        _check("n", n, "an integer ≥ 2 (the number of pendula)", lambda v: v >= 2, integer=True)
+        _check("duration", duration, "a finite number > 0 (evolution time, in 1/ω₀)", positive)
+        _check("steps", steps, "an integer ≥ 1 (RK4 steps over the duration)", lambda v: v >= 1, integer=True)
+        _check("input_max", input_max, "a finite number in (0, π] rad (a release angle beyond ±π is the same "
+               "pendulum position as one within)", lambda v: 0 < v <= math.pi)
+        _check("coupling_max", coupling_max, "a finite number > 0 ω₀²", positive)
+        _check("drive_max", drive_max, "a finite number > 0 ω₀²", positive)
+        check_unit_and_seed(LAB, unit, seed)
+        if not isinstance(ideal, (bool, np.bool_)):
+            raise ConfigError(f"{LAB}: ideal must be true or false, got {ideal!r}")
+        if isinstance(imperfections, Mapping):
+            try:
+                imperfections = OscillatorImperfections(**imperfections)
+            except TypeError as e:
+                raise ConfigError(f"{LAB}: imperfections: {e}") from None
+        elif imperfections is not None and not isinstance(imperfections, OscillatorImperfections):
+            raise ConfigError(f"{LAB}: imperfections must be an OscillatorImperfections or a mapping of its fields, "
+                              f"got {imperfections!r}")
+        dtype = _float_dtype(dtype)
         self.n, self.duration, self.steps = int(n), float(duration), int(steps)
         self.unit, self.ideal = int(unit), bool(ideal)
         self.imperfections = OscillatorImperfections(0, 0, 0, 0) if ideal else (imperfections or OscillatorImperfections())

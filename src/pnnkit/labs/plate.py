@@ -753,8 +753,9 @@ class _PlateModel:
             raise ConfigError("plate lab: need n_inputs ≥ 1, output_dim ≥ 1, n_params ≥ 0, n_tail ≥ 0")
         if substeps < 1 or sample_rate <= 0 or drive_scale <= 0:
             raise ConfigError("plate lab: need substeps ≥ 1, sample_rate > 0 and drive_scale > 0")
-        if (n_inputs + n_tail) * substeps < output_dim:
-            raise ConfigError(f"plate lab: output_dim {output_dim} exceeds the number of recorded samples")
+        if (n_inputs + n_tail) * substeps < output_dim:  # every bin averages at least one microphone sample
+            raise ConfigError(f"plate: output_dim must be at most (n_inputs + n_tail) × substeps = "
+                              f"{(n_inputs + n_tail) * substeps}, the microphone samples it bins, got {output_dim}")
         self.n_inputs, self.n_params, self.output_dim = n_inputs, n_params, output_dim
         self.n_tail, self.substeps, self.sample_rate = n_tail, substeps, float(sample_rate)
         self.drive_scale, self.bias, self.design = float(drive_scale), bool(bias), design
