@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -48,14 +48,24 @@ def resolve_imperfections(options: dict[str, Any], cls: type) -> Any:
     scale = options.pop("imperfection_scale", 1.0)
     if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
         raise ConfigError(f"imperfection_scale must be a finite number ≥ 0, got {scale!r}")
-    if isinstance(imp, dict):
-        try:
-            imp = cls(**imp)
-        except TypeError as e:
-            raise ConfigError(f"imperfections: {e}") from e
-    elif imp is not None and not isinstance(imp, cls):
-        raise ConfigError(f"imperfections must be a {cls.__name__} or a mapping of its fields, got {imp!r}")
+    imp = imperfections_of(imp, cls)
     return (imp or cls()).scaled(scale)
+
+
+def imperfections_of(imp: Any, cls: type, lab: str = "") -> Any:
+    """``imp`` as a ``cls`` (given as one, or as a mapping of its fields), or None; else a one-line
+    :class:`ConfigError` (prefixed ``"<lab>: "`` if ``lab`` is given)."""
+    prefix = f"{lab}: " if lab else ""
+    if isinstance(imp, Mapping):
+        try:
+            return cls(**imp)
+        except TypeError as e:
+            raise ConfigError(f"{prefix}imperfections: {e}") from None
+    if imp is not None and not isinstance(imp, cls):
+        article = "an" if cls.__name__[0] in "AEIOU" else "a"
+        raise ConfigError(f"{prefix}imperfections must be {article} {cls.__name__} or a mapping of its fields, "
+                          f"got {imp!r}")
+    return imp
 
 
 def register_lab(name: str, factory: Callable[..., PhysicalSystem], module: str | None = None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar
 
@@ -24,7 +24,7 @@ from torchdiffeq import odeint
 from ..errors import ConfigError
 from ..spec import ParamSpec, SystemSpec
 from ..system import Params
-from . import VirtualLab, register_lab, resolve_imperfections
+from . import VirtualLab, imperfections_of, register_lab, resolve_imperfections
 from .checks import check, check_fields, check_unit_and_seed, float_dtype, nonneg, positive
 from ..twins import DigitalTwin, register_twin
 
@@ -157,14 +157,7 @@ class CoupledOscillatorLab(VirtualLab):
         check_unit_and_seed(LAB, unit, seed)
         if not isinstance(ideal, (bool, np.bool_)):
             raise ConfigError(f"{LAB}: ideal must be true or false, got {ideal!r}")
-        if isinstance(imperfections, Mapping):
-            try:
-                imperfections = OscillatorImperfections(**imperfections)
-            except TypeError as e:
-                raise ConfigError(f"{LAB}: imperfections: {e}") from None
-        elif imperfections is not None and not isinstance(imperfections, OscillatorImperfections):
-            raise ConfigError(f"{LAB}: imperfections must be an OscillatorImperfections or a mapping of its fields, "
-                              f"got {imperfections!r}")
+        imperfections = imperfections_of(imperfections, OscillatorImperfections, LAB)
         dtype = _float_dtype(dtype)
         self.n, self.duration, self.steps = int(n), float(duration), int(steps)
         self.unit, self.ideal = int(unit), bool(ideal)
