@@ -82,9 +82,10 @@ def test_fit_twin_holds_fixed_parameters_and_names_unknown_ones(lab4, data4):
     after = twin.state_dict()
     moved = {k for k in start if not torch.equal(start[k], after[k])}
     assert moved == {"log_coupling_gain", "log_output_gain"}
-    with pytest.raises(ConfigError, match="fixed names log_alfa, which the twin does not have; its parameters: "
-                                          "log_alpha, log_coupling_gain"):
+    with pytest.raises(ConfigError, match="fixed names parameters the twin does not have: log_alfa \\(its "
+                                          "parameters: log_alpha, log_coupling_gain"):
         fit_twin(lab4.ideal_twin(), sub, epochs=1, fixed=["log_alfa"])
+    fit_twin(lab4.ideal_twin(), sub, epochs=1, fixed="log_alpha")  # one name as a string
     every = [k for k, _ in twin.named_parameters()]
     with pytest.raises(TwinError, match="no trainable parameters to fit \\(all are fixed\\)"):
         fit_twin(lab4.ideal_twin(), sub, epochs=1, fixed=every)

@@ -9,9 +9,9 @@ import math
 import numbers
 import operator
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from collections.abc import Collection
 from typing import Any, ClassVar
 
 import torch
@@ -319,6 +319,12 @@ def fit_twin(
                           f"a finite weight_decay ≥ 0 and 0 ≤ seed < 2**32; got epochs={epochs}, "
                           f"batch_size={batch_size}, patience={patience}, lr={lr}, val_fraction={val_fraction}, "
                           f"weight_decay={weight_decay}, seed={seed}")
+    names = dict(twin.named_parameters())
+    fixed = (fixed,) if isinstance(fixed, str) else tuple(fixed)
+    unknown = sorted(set(fixed) - set(names))
+    if unknown:
+        raise ConfigError(f"fit_twin: fixed names parameters the twin does not have: {', '.join(unknown)} (its "
+                          f"parameters: {', '.join(names) or 'none'})")
     bad = int((~torch.isfinite(data.y)).flatten(1).any(1).sum()) + int((~torch.isfinite(data.x)).any(1).sum())
     if bad:
         raise DataError(f"fit_twin: {bad} measurements contain NaN or inf; drop them first (a log's "
@@ -339,13 +345,8 @@ def fit_twin(
     if isinstance(twin, MLPTwin):
         twin.set_output_stats(y[tr_idx])
     scale = y[tr_idx].std(0).clamp_min(1e-12)
-    names = dict(twin.named_parameters())
-    unknown = sorted(set([fixed] if isinstance(fixed, str) else fixed) - set(names))
-    if unknown:
-        raise ConfigError(f"fit_twin: fixed names {', '.join(unknown)}, which the twin does not have; its parameters: "
-                          f"{', '.join(names) or 'none'}")
     twin.train().requires_grad_(True)
-    for name in [fixed] if isinstance(fixed, str) else fixed:
+    for name in fixed:
         names[name].requires_grad_(False)
     trainable = [p for p in twin.parameters() if p.requires_grad]
     if not trainable:
