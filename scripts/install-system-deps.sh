@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the system packages pnnkit's optional labs need. Idempotent: does nothing when they are present.
-#   ngspice (+ libngspice0): the "circuit" lab's simulator (ngspice -b as a subprocess; libngspice0 for PySpice).
+#   ngspice: the "circuit" lab's simulator, run as `ngspice -b` in a subprocess (libngspice0, its shared library, comes
+#   along for users who drive ngspice from PySpice; pnnkit itself does not use it).
 # Needs root (or sudo) and apt-get when something is missing.
 set -euo pipefail
 

@@ -366,7 +366,7 @@ def test_a_bad_option_is_refused_in_one_line_before_anything_runs(options, messa
 
 
 @pytest.mark.parametrize(("options", "message"), [  # straight to the class (make_lab's option check comes first)
-    ({"timing": "fast"}, r"circuit: timing must be a CircuitTiming or a mapping of its fields \(t_segment, t_rise, "
+    ({"timing": "fast"}, r"circuit: timing must be CircuitTiming\(…\) or a mapping of its fields \(t_segment, t_rise, "
                          r"adc_rate\), got 'fast'"),
     ({"dtype": "float16"}, r"circuit: dtype must be float32 or float64, got 'float16'"),
     ({"dtype": torch.complex128}, r"circuit: dtype must be float32 or float64, got torch\.complex128"),
@@ -396,3 +396,25 @@ def test_the_edges_of_the_allowed_ranges_and_the_electronic_examples_build() -> 
     for path in sorted(Path(__file__).parents[1].glob("examples/mnist_electronic*.yaml")):
         options = yaml.safe_load(path.read_text())["lab"]["options"]
         assert make_lab("circuit", **{**options, "backend": "ode"}).n_samples == 73, path.name
+
+
+def test_a_failing_ngspice_gives_a_one_line_error_with_its_last_output(tmp_path) -> None:
+    from pnnkit.errors import DeviceError
+    from pnnkit.labs.circuit import run_ngspice
+
+    fake = tmp_path / "ngspice"
+    fake.write_text("#!/bin/sh\necho 'Error: line one'\necho ''\necho 'Error: timestep too small' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    with pytest.raises(DeviceError) as err:
+        run_ngspice("* empty\n.end\n", ngspice=str(fake))
+    assert str(err.value) == "ngspice failed (exit 1): Error: line one / Error: timestep too small"
+
+
+def test_a_circuit_without_parameters_plays_its_inputs_in_order() -> None:
+    from pnnkit.labs.circuit import CircuitLab, drive_order
+
+    assert drive_order(5, 0).tolist() == [0, 1, 2, 3, 4] and drive_order(4, 4).tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+    lab = CircuitLab(n_inputs=8, n_params=0, output_dim=8, backend="ode", ideal=True)
+    x = torch.linspace(-1, 1, 16, dtype=torch.float64).reshape(2, 8)
+    assert torch.equal(lab.drive_levels(x, {}), x)
+    assert torch.allclose(lab(x, {}), lab.ideal_twin().double()(x, {}), atol=1e-6)

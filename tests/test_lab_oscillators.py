@@ -101,8 +101,8 @@ _BAD_OPTIONS = [
     ("ideal", 1, "true or false"), ("ideal", "yes", "true or false"), ("ideal", None, "true or false"),
     ("dtype", "float16", "float32 or float64"), ("dtype", torch.float16, "float32 or float64"),
     ("dtype", torch.int64, "float32 or float64"), ("dtype", 32, "float32 or float64"),
-    ("imperfections", 3, "an OscillatorImperfections or a mapping of its fields"),
-    ("imperfections", "none", "an OscillatorImperfections or a mapping of its fields"),
+    ("imperfections", 3, "OscillatorImperfections(…) or a mapping of its fields (coupling_error, nonlinearity_error, input_noise, readout_noise)"),
+    ("imperfections", "none", "OscillatorImperfections(…) or a mapping of its fields (coupling_error, nonlinearity_error, input_noise, readout_noise)"),
 ]
 
 
@@ -200,3 +200,14 @@ def test_the_shipped_oscillator_configs_still_build():
             assert lab.n == 64 and lab.imperfections.coupling_error == pytest.approx(0.2 * scale)
     flipped = build_lab(ours[0].lab.model_copy(update={"imperfection_scale": 4.0}))._coupling_factor < 0
     assert int(flipped.sum()) == 232  # at scale 4 (std 0.8), 232 of unit 0's 2016 couplings flip sign (docs)
+
+
+def test_the_labs_dtype_is_the_simulations_precision_and_the_call_returns_the_callers():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 8, generator=g) * 2 - 1
+    params = {"J": torch.rand(28, generator=g) * 0.4 - 0.2, "e": torch.rand(8, generator=g) * 0.4 - 0.2}
+    lab32, lab64 = (CoupledOscillatorLab(ideal=True, dtype=d) for d in (torch.float32, torch.float64))
+    y64 = lab64(x.double(), {k: v.double() for k, v in params.items()})
+    y = lab64(x, params)  # float32 in: simulated in float64, returned as float32
+    assert y.dtype == torch.float32 and torch.equal(y, y64.float())
+    assert not torch.equal(lab32(x, params), y)  # the float32 lab rounds differently

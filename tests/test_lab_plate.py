@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 import torch
 
 from pnnkit import ConfigError, DigitalTwin, RangeError, make_lab
 from pnnkit.labs.plate import (
+    PlateDesign,
     PlateImperfections,
     PlateLab,
     simulate_plate,
@@ -353,6 +354,10 @@ _POINT = "must be two numbers (ξ, η), each in (0, 1) (a point on the plate, as
 _DAC = "the DAC's ±0.5 V (design.dac_full_scale) cannot play the declared drive of ±1 V; use dac_full_scale ≥ 1"
 
 
+def _names(cls: type) -> str:
+    return ", ".join(f.name for f in fields(cls))
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"design": {"f11": 0.0}}, "design.f11 must be a finite number > 0 Hz, got 0.0"),
     ({"design": {"f11": -100.0}}, "design.f11 must be a finite number > 0 Hz, got -100.0"),
@@ -364,7 +369,8 @@ _DAC = "the DAC's ±0.5 V (design.dac_full_scale) cannot play the declared drive
     ({"design": {"drive_point": (2.0, 3.0)}}, f"design.drive_point {_POINT}, got (2.0, 3.0)"),
     ({"design": {"drive_point": (0.45, 0.42, 0.1)}}, f"design.drive_point {_POINT}, got (0.45, 0.42, 0.1)"),
     ({"design": {"mic_point": (0.0, 0.5)}}, f"design.mic_point {_POINT}, got (0.0, 0.5)"),
-    ({"design": "foo"}, "design must be a PlateDesign or a mapping of its fields, got 'foo'"),
+    ({"design": "foo"}, f"design must be PlateDesign(…) or a mapping of its fields ({_names(PlateDesign)}), "
+                        "got 'foo'"),
     ({"design": {"dac_full_scale": 0.5}, "ideal": True}, _DAC),
     ({"design": {"dac_full_scale": 0.5}, "imperfections": PlateImperfections(dac_bits=0)}, _DAC),
     ({"sample_rate": math.nan}, "sample_rate must be a finite number > 0 Hz, got nan"),
@@ -375,7 +381,8 @@ _DAC = "the DAC's ±0.5 V (design.dac_full_scale) cannot play the declared drive
      "output_dim must be at most (n_inputs + n_tail) × substeps = 6, the microphone samples it bins, got 7"),
     ({"seed": -1}, "seed must be an integer in [0, 2**32), got -1"),
     ({"dtype": "float16"}, "dtype must be float32 or float64, got 'float16'"),
-    ({"imperfections": "none"}, "imperfections must be a PlateImperfections or a mapping of its fields, got 'none'"),
+    ({"imperfections": "none"},
+     f"imperfections must be PlateImperfections(…) or a mapping of its fields ({_names(PlateImperfections)}), got 'none'"),
     ({"imperfections": PlateImperfections(jitter=1e-4)},
      "imperfections.jitter must be ≤ one ADC sample period, 1/(sample_rate·substeps) = 3.13e-05 s, got 0.0001"),
 ])
@@ -403,3 +410,19 @@ def test_options_at_the_edge_of_their_range_build() -> None:
     assert lab.dtype == F64 and lab.design.drive_point == (0.5, 0.5)  # a list from a config becomes a tuple
     assert PlateLab(n_modes=4, imperfections=PlateImperfections(jitter=1 / 32000)).imperfections.jitter == 1 / 32000
     assert make_lab("plate", n_modes=4, imperfection_scale=0.0).imperfections == PlateImperfections.none()
+
+
+def test_the_class_takes_its_dataclass_options_as_mappings_and_names_a_misspelt_field() -> None:
+    lab = PlateLab(n_modes=4, imperfections={"jitter": 0.0}, design={"f11": 120.0})
+    assert lab.imperfections == PlateImperfections(jitter=0.0) and lab.design == PlateDesign(f11=120.0)
+    with pytest.raises(ConfigError, match="^plate: design has no option 'f111' \\(did you mean 'f11'"):
+        PlateLab(n_modes=4, design={"f111": 120.0})
+
+
+def test_an_imperfection_scaled_out_of_its_range_names_the_scale() -> None:
+    from pnnkit import make_lab
+
+    with pytest.raises(ConfigError, match=re.escape("got 6e-05 (after imperfection_scale 20)") + "$"):
+        make_lab("plate", n_modes=4, imperfection_scale=20)  # the jitter, checked by the lab against its sampling
+    with pytest.raises(ConfigError, match="^plate: n_modes must be an integer ≥ 1, got 0$"):  # not a scaled value
+        make_lab("plate", n_modes=0, imperfection_scale=2)

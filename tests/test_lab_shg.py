@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +149,10 @@ _WINDOW = "a finite number > 0 nm and < 2 × wavelength_nm = 1600 nm"
 _SPAN = "a number in (0, 1] (the fraction of the SH spectrum that the bins cover)"
 
 
+def _names(cls: type) -> str:
+    return ", ".join(f.name for f in fields(cls))
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"pulse_fwhm_fs": 0.0}, "pulse_fwhm_fs must be a finite number > 0 fs, got 0.0"),
     ({"pulse_fwhm_fs": -100.0}, "pulse_fwhm_fs must be a finite number > 0 fs, got -100.0"),
@@ -168,10 +172,12 @@ _SPAN = "a number in (0, 1] (the fraction of the SH spectrum that the bins cover
     ({"unit": -1}, "unit must be an integer in [0, 2**32), got -1"),
     ({"dtype": "float16"}, "dtype must be float32 or float64, got 'float16'"),
     ({"dtype": torch.float16}, "dtype must be float32 or float64, got torch.float16"),
-    ({"dispersion": "BBO"}, "dispersion must be a CrystalDispersion or a mapping of its fields, got 'BBO'"),
+    ({"dispersion": "BBO"},
+     f"dispersion must be CrystalDispersion(…) or a mapping of its fields ({_names(CrystalDispersion)}), got 'BBO'"),
     ({"dispersion": {"gvm_fs_per_mm": math.nan, "gvd_fundamental_fs2_per_mm": 0.0, "gvd_sh_fs2_per_mm": 0.0}},
      "dispersion.gvm_fs_per_mm must be a finite number (fs/mm), got nan"),
-    ({"imperfections": "none"}, "imperfections must be an SHGImperfections or a mapping of its fields, got 'none'"),
+    ({"imperfections": "none"},
+     f"imperfections must be SHGImperfections(…) or a mapping of its fields ({_names(SHGImperfections)}), got 'none'"),
     ({"pulse_fwhm_fs": 1e7}, "no second-harmonic power reaches the spectrometer bins of this design (reference 0); "
                              "widen the laser spectrum (a shorter pulse_fwhm_fs) or the window_nm"),
 ])
@@ -345,3 +351,20 @@ def test_spectrometer_binning_conserves_power_inside_window() -> None:
     assert real.calibration_offset_nm != 0.0
     assert not np.allclose(real.binning.numpy(), r)
     assert math.isfinite(real.design.p_ref)
+
+
+def test_the_class_takes_its_dataclass_options_as_mappings_and_names_a_misspelt_field() -> None:
+    lab = SHGLab(imperfections={"crosstalk": 0.01}, dispersion={"gvm_fs_per_mm": -190.0,
+                                                                "gvd_fundamental_fs2_per_mm": 70.0,
+                                                                "gvd_sh_fs2_per_mm": 190.0})
+    assert lab.imperfections == SHGImperfections(crosstalk=0.01)
+    with pytest.raises(ConfigError, match="^shg: imperfections has no option 'crosstalks' \\(did you mean 'crosstalk'"):
+        SHGLab(imperfections={"crosstalks": 0.01})
+
+
+def test_an_imperfection_scaled_out_of_its_range_names_the_scale() -> None:
+    from pnnkit import make_lab
+
+    with pytest.raises(ConfigError, match=re.escape("shg: imperfections.crosstalk must be a number in [0, 0.5), got "
+                                                    "0.6 (after imperfection_scale 20)") + "$"):
+        make_lab("shg", imperfection_scale=20)

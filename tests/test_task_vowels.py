@@ -88,6 +88,9 @@ def test_options(env: None) -> None:
         load_task("vowels", vowels=["ae", "xx"])
     with pytest.raises(ConfigError):
         load_task("vowels", talkers="robots")
+    # a test split too small to hold every class is refused by the rule the split itself needs (7 vowels)
+    with pytest.raises(ConfigError, match="^test_size must be an integer from 7 to 252 \\(every one of the 7 classes"):
+        load_task("vowels", test_size=3)
 
 
 def test_missing_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,12 +1,13 @@
 """pnnkit — physical neural networks trained with physics-aware training (PAT).
 
-Public API (everything else is internal):
-  systems   :class:`PhysicalSystem`, :class:`FunctionSystem`, :class:`SystemSpec`, :class:`ParamSpec`
+Public API (``__all__``; everything else is internal):
+  systems   :class:`PhysicalSystem`, :class:`FunctionSystem`, :class:`SystemSpec`, :class:`ParamSpec`,
+            :func:`clamp_to_range`, :func:`inner_bounds`
   layers    :class:`PhysicalLayer`, :class:`ParallelPhysical`, :class:`ElementwiseRescale`, :class:`Slice`,
             :class:`Pool`, :func:`set_mode`, :func:`using_mode`, :func:`project_parameters`,
-            :func:`physical_layers`, :func:`pat_forward`, :func:`init_from_data`
-  twins     :class:`DigitalTwin`, :class:`MLPTwin`, :func:`fit_twin`, :func:`evaluate_twin`,
-            :class:`MeasurementSet`, :func:`acquire`
+            :func:`physical_layers`, :func:`pat_forward`, :func:`twin_vjp`, :func:`init_from_data`, ``MODES``
+  twins     :class:`DigitalTwin`, :class:`MLPTwin`, :class:`FitReport`, :func:`fit_twin`, :func:`evaluate_twin`,
+            :func:`register_twin`, :class:`MeasurementSet`, :class:`MeasurementLog`, :func:`acquire`
   labs      :func:`make_lab`, :func:`lab_names`
   training  :class:`Trainer`, :class:`TrainConfig`, :class:`TrainResult`, :class:`ClassificationTask`,
             :func:`save_weights`, :func:`load_weights`

@@ -54,7 +54,7 @@ class LabConfig(StrictModel):
 
 
 class TwinFitConfig(StrictModel):
-    """Twin fitting: Adam with cosine decay, early stopping on a held-out split."""
+    """Twin fitting: AdamW (decoupled weight_decay) with cosine decay, early stopping on a held-out split."""
 
     epochs: int = Field(200, gt=0)
     lr: float = Field(2e-3, gt=0)
@@ -138,7 +138,7 @@ class TrainingConfig(StrictModel):
                                      "epoch's forward passes produced (no extra queries; 0: off; with refit_readout "
                                      "the last epoch is left to that)")
     refit_every_max_iter: int = Field(500, ge=1, description="L-BFGS iterations at most for each of those refits")
-    readout_lr: float | None = Field(None, ge=0, description="Adam lr of the readout (the digital blocks after the "
+    readout_lr: float | None = Field(None, ge=0, description="AdamW lr of the readout (the digital blocks after the "
                                      "last physical layer) if not lr; 0: only the refits change it")
     init_weights: str | None = Field(None, description="weights every method starts from instead of the seeded "
                                      "initial ones: a run's METHOD/model.safetensors or checkpoint.safetensors "

@@ -456,7 +456,7 @@ def _run_methods(cfg: ExperimentConfig, out: Path, task: ClassificationTask, sys
 
 
 def _methods(cfg: ExperimentConfig) -> list[str]:
-    return run_order(cfg, [m for m in cfg.methods if m in ("pat", "in_silico", "exact")])
+    return run_order(cfg, list(cfg.methods))
 
 
 def run_order(cfg: ExperimentConfig, methods: list[str]) -> list[str]:
@@ -506,13 +506,13 @@ def _accuracies(cfg: ExperimentConfig, task: ClassificationTask, system: Physica
         runs.append(row)
     if not seeds:
         return runs[0]
-    out: dict[str, Any] = {"seeds": list(seeds)}
+    summary: dict[str, Any] = {"seeds": list(seeds)}
     for key in runs[0]:
         v = torch.tensor([r[key] for r in runs], dtype=torch.float64)
-        out[key] = float(v.mean())
-        out[f"{key}_std"] = float(v.std(unbiased=False))
-        out[f"{key}_per_seed"] = [r[key] for r in runs]
-    return out
+        summary[key] = float(v.mean())
+        summary[f"{key}_std"] = float(v.std(unbiased=False))
+        summary[f"{key}_per_seed"] = [r[key] for r in runs]
+    return summary
 
 
 def cross_validate(cfg: ExperimentConfig, task: ClassificationTask, system: PhysicalSystem,
@@ -592,24 +592,6 @@ def digital_baseline(cfg: ExperimentConfig, task: ClassificationTask, b: Digital
     t = cfg.training
     tc = _train_config(cfg, epochs=b.epochs or t.epochs, lr=b.lr or t.lr, monitor_physical=False, progress=False)
     res = Trainer(model, task, "physical", tc).fit()
-    out = {"kind": b.kind, "parameters": count_digital_parameters(model), "test_accuracy": res.test_accuracy,
-           "train_seconds": res.train_seconds}
-    if res.readout_refit_start is not None:  # the same treatment as the physical networks' readouts
-        out["readout_refit_start"] = res.readout_refit_start
-    if res.readout_refits_epoch:
-        out["readout_refits_epoch"] = res.readout_refits_epoch
-    if res.readout_refit is not None:
-        out["readout_refit"] = res.readout_refit
-    return out
-
-
-def summary_table(results: dict[str, Any]) -> str:
-    """Plain-text table of the methods' accuracies (physical = the deployment truth)."""
-    rows = [f"{'method':<10} {'physical acc':>12} {'twin acc':>9} {'queries':>10} {'train s':>8}"]
-    for m, r in results["methods"].items():
-        twin = "-" if r.get("twin_test_accuracy") is None else f"{r['twin_test_accuracy']:.3f}"
-        rows.append(f"{m:<10} {r['test_accuracy']:>12.3f} {twin:>9} {r['physical_queries']:>10d} {r['train_seconds']:>8.1f}")
-    if results.get("twin"):
-        t = results["twin"]
-        rows.append(f"twin: {t['kind']}, {t['train_samples']} training samples, validation NRMSE {t['val_nrmse']:.4f}")
-    return "\n".join(rows)
+    refits = {k: v for k, v in res.summary().items() if k.startswith("readout_refit")}  # as the physical networks'
+    return {"kind": b.kind, "parameters": count_digital_parameters(model), "test_accuracy": res.test_accuracy,
+            "train_seconds": res.train_seconds, **refits}

@@ -322,8 +322,6 @@ class Pool(nn.Module):
             raise ShapeError(f"pool: cannot pool width {x.shape[1]} into {self.out} groups")
         if self.order == "consecutive":
             return nn.functional.adaptive_avg_pool1d(x.unsqueeze(1), self.out).squeeze(1)
-        if not 0 < self.out <= x.shape[1]:
-            raise ShapeError(f"interleaved pool: cannot pool width {x.shape[1]} into {self.out} groups")
         width = x.shape[1]
         m = torch.zeros(width, self.out, device=x.device)
         m[torch.arange(width), torch.arange(width) % self.out] = 1.0

@@ -82,19 +82,6 @@ class MeasurementSet:
     def subset(self, idx: Tensor) -> "MeasurementSet":
         return MeasurementSet(self.spec, self.x[idx], {k: v[idx] for k, v in self.params.items()}, self.y[idx], dict(self.meta))
 
-    def concat(self, other: "MeasurementSet") -> "MeasurementSet":
-        if not self.spec.same_interface(other.spec):
-            raise DataError("cannot concatenate measurements of different systems")
-        r = min(self.y.shape[1], other.y.shape[1])
-        return MeasurementSet(
-            self.spec,
-            torch.cat([self.x, other.x]),
-            {k: torch.cat([v, other.params[k]]) for k, v in self.params.items()},
-            torch.cat([self.y[:, :r], other.y[:, :r]]),
-            {**self.meta, "concatenated": True},
-        )
-
-    # --- HDF5 ---------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write an HDF5 file (datasets ``x``, ``y``, ``params/<name>``; spec, units and meta as attributes).
 

@@ -134,10 +134,6 @@ class PhysicalSystem(ABC):
         reaches :meth:`measure`: calls that fail there or return a refused reading count too (the device was used)."""
         return getattr(self, "_queries", 0)
 
-    def reset_counters(self) -> None:
-        self._calls = 0
-        self._queries = 0
-
     def attach_log(self, log: Any | None) -> None:
         """Record every call into ``log`` (a :class:`pnnkit.measurements.MeasurementLog`); None detaches."""
         self._log = log

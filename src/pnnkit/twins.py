@@ -298,7 +298,8 @@ def fit_twin(
     progress: bool = False,
     fixed: Collection[str] = (),
 ) -> FitReport:
-    """Fit ``twin`` to ``data`` (MSE on standardised outputs, Adam, cosine LR, early stopping on a held-out split).
+    """Fit ``twin`` to ``data``: MSE on standardised outputs, AdamW (decoupled ``weight_decay``), cosine LR, early
+    stopping on a held-out split.
 
     ``fixed``: names of the twin's parameters (as in ``twin.named_parameters()``) held at their current values.
 
@@ -362,7 +363,7 @@ def fit_twin(
             outs.append(twin(x[b], {k: v[b] for k, v in params.items()}))
         return torch.cat(outs)
 
-    best, best_state, bad, epoch = math.inf, copy.deepcopy(twin.state_dict()), 0, 0
+    best, best_state, stale_epochs, epoch = math.inf, copy.deepcopy(twin.state_dict()), 0, 0
     it = range(epochs)
     if progress:
         from tqdm import tqdm
@@ -385,10 +386,10 @@ def fit_twin(
         if not math.isfinite(val):
             raise TwinError(f"twin fit diverged at epoch {epoch} (validation loss {val}); lower the learning rate")
         if val < best - 1e-9:
-            best, best_state, bad = val, copy.deepcopy(twin.state_dict()), 0
+            best, best_state, stale_epochs = val, copy.deepcopy(twin.state_dict()), 0
         else:
-            bad += 1
-            if bad >= patience:
+            stale_epochs += 1
+            if stale_epochs >= patience:
                 break
     twin.load_state_dict(best_state)
     twin.eval().requires_grad_(False)

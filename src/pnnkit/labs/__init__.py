@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -48,24 +50,38 @@ def resolve_imperfections(options: dict[str, Any], cls: type) -> Any:
     scale = options.pop("imperfection_scale", 1.0)
     if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
         raise ConfigError(f"imperfection_scale must be a finite number ≥ 0, got {scale!r}")
-    imp = imperfections_of(imp, cls)
-    return (imp or cls()).scaled(scale)
+    imp = dataclass_of("", "imperfections", imp, cls)
+    with scale_named(scale):
+        return (imp or cls()).scaled(scale)
 
 
-def imperfections_of(imp: Any, cls: type, lab: str = "") -> Any:
-    """``imp`` as a ``cls`` (given as one, or as a mapping of its fields), or None; else a one-line
-    :class:`ConfigError` (prefixed ``"<lab>: "`` if ``lab`` is given)."""
+@contextmanager
+def scale_named(scale: float) -> Iterator[None]:
+    """A refused imperfection (a :class:`ConfigError` naming ``imperfections.<field>``) raised inside the block ends
+    with ``(after imperfection_scale <scale>)`` when the scale is not 1: the value it names is the user's × the
+    scale."""
+    try:
+        yield
+    except ConfigError as e:
+        if scale == 1 or "imperfections." not in str(e):
+            raise
+        raise ConfigError(f"{e} (after imperfection_scale {scale:g})") from None
+
+
+def dataclass_of(lab: str, option: str, value: Any, cls: type) -> Any:
+    """Option ``option`` of lab ``lab`` as a ``cls``: None (the caller's default) as None, an instance as it is, or
+    a mapping of its fields (a field it lacks is named with a did-you-mean; ``cls`` checks the values). Anything else
+    is a one-line :class:`ConfigError` (``"<lab>: <option> must be <cls>(…) or a mapping of its fields (<names>), …"``;
+    without the prefix for an empty ``lab``)."""
+    if value is None or isinstance(value, cls):
+        return value
     prefix = f"{lab}: " if lab else ""
-    if isinstance(imp, Mapping):
-        try:
-            return cls(**imp)
-        except TypeError as e:
-            raise ConfigError(f"{prefix}imperfections: {e}") from None
-    if imp is not None and not isinstance(imp, cls):
-        article = "an" if cls.__name__[0] in "AEIOU" else "a"
-        raise ConfigError(f"{prefix}imperfections must be {article} {cls.__name__} or a mapping of its fields, "
-                          f"got {imp!r}")
-    return imp
+    if isinstance(value, Mapping):
+        refuse_unknown(f"{prefix}{option}", dict(value), {f.name for f in fields(cls)})
+        return cls(**value)
+    names = ", ".join(f.name for f in fields(cls))
+    raise ConfigError(f"{prefix}{option} must be {cls.__name__}(…) or a mapping of its fields ({names}), got "
+                      f"{value!r}")
 
 
 def register_lab(name: str, factory: Callable[..., PhysicalSystem], module: str | None = None,

@@ -40,7 +40,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, ClassVar
@@ -52,10 +51,9 @@ from torchdiffeq import odeint
 
 from ..config import SEED_LIMIT
 from ..errors import ConfigError, DeviceError
-from ..options import refuse_unknown
 from ..spec import ParamSpec, SystemSpec
 from ..system import Params
-from . import VirtualLab, register_lab, resolve_imperfections
+from . import VirtualLab, dataclass_of, register_lab, resolve_imperfections
 from .checks import MAX_BITS, float_dtype
 from ..twins import DigitalTwin, register_twin
 
@@ -155,17 +153,9 @@ _float_dtype = functools.partial(float_dtype, "circuit")
 
 
 def _design(option: str, value: Any, cls: type) -> Any:
-    """Option ``option`` as a ``cls``: the defaults for None, an instance as it is, or a mapping of its fields
-    (which ``cls`` then checks)."""
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    names = [f.name for f in fields(cls)]
-    if isinstance(value, Mapping):
-        refuse_unknown(f"circuit: {option}", dict(value), set(names))
-        return cls(**value)
-    raise _refusal(option, value, f"a {cls.__name__} or a mapping of its fields ({', '.join(names)})")
+    """Option ``option`` as a ``cls``: the defaults for None, else :func:`~pnnkit.labs.dataclass_of`."""
+    value = dataclass_of("circuit", option, value, cls)
+    return cls() if value is None else value
 
 
 @dataclass(frozen=True)
@@ -296,10 +286,7 @@ class CircuitImperfections:
         changes: dict[str, Any] = {k: getattr(self, k) * factor for k in self._SCALED}
         if factor == 0:
             changes["johnson"] = False
-        try:
-            return replace(self, **changes)
-        except ConfigError as e:
-            raise ConfigError(f"{e} (after imperfection_scale {factor:g})") from None
+        return replace(self, **changes)
 
     @classmethod
     def none(cls) -> "CircuitImperfections":
@@ -319,6 +306,16 @@ def drive_order(n_inputs: int, n_params: int) -> np.ndarray:
     pos = [((i + 0.5) / n_inputs, 0, i) for i in range(n_inputs)]
     pos += [((j + 0.5) / n_params, 1, n_inputs + j) for j in range(n_params)]
     return np.array([k for _, _, k in sorted(pos)], dtype=np.int64)
+
+
+def drive_sequence(x: Tensor, theta: Tensor | None, order: Tensor) -> Tensor:
+    """(B, n_segments) drive values in time order: ``concat(x, θ)`` (θ shared, shape (n_params,), or per sample)
+    indexed by ``order`` (:func:`drive_order`); θ None when the circuit has no parameters."""
+    if theta is None:
+        return x[:, order]
+    th = theta.to(x.dtype)
+    th = th.reshape(1, -1).expand(x.shape[0], -1) if th.dim() == 1 else th
+    return torch.cat([x, th], dim=1)[:, order]
 
 
 def pwl_knots(n_segments: int, timing: CircuitTiming) -> np.ndarray:
@@ -370,6 +367,20 @@ def model_card_line(name: str, card: dict[str, float]) -> str:
     return f".model {name} NPN({body})"
 
 
+def _circuit_elements(i: int, comps: CircuitComponents) -> list[str]:
+    """The netlist lines of copy ``i`` of the circuit, from its drive node ``d<i>`` to its collector ``c<i>``."""
+    return [
+        f"R1_{i} d{i} b{i} {_fmt(comps.r1)}",
+        f"RB_{i} vcc b{i} {_fmt(comps.rb)}",
+        f"CB_{i} b{i} 0 {_fmt(comps.cb)}",
+        f"Q{i} c{i} b{i} 0 QN",
+        f"RC_{i} vcc m{i} {_fmt(comps.rc)}",
+        f"RL_{i} m{i} n{i} {_fmt(comps.rl)}",
+        f"L_{i} n{i} c{i} {_fmt(comps.l)}",
+        f"CT_{i} c{i} 0 {_fmt(comps.ct)}",
+    ]
+
+
 def circuit_netlist(
     levels: np.ndarray,
     comps: CircuitComponents,
@@ -389,17 +400,7 @@ def circuit_netlist(
     knot_text = [_fmt(t) for t in knots.tolist()]  # shared by every copy: formatted once
     for i, row in enumerate(vals.tolist()):  # Python floats: formatting them is ≈ 4× faster than numpy scalars
         pwl = " ".join([f"{t} {_fmt(v)}" for t, v in zip(knot_text, row)])
-        lines += [
-            f"Vd{i} d{i} 0 PWL({pwl})",
-            f"R1_{i} d{i} b{i} {_fmt(comps.r1)}",
-            f"RB_{i} vcc b{i} {_fmt(comps.rb)}",
-            f"CB_{i} b{i} 0 {_fmt(comps.cb)}",
-            f"Q{i} c{i} b{i} 0 QN",
-            f"RC_{i} vcc m{i} {_fmt(comps.rc)}",
-            f"RL_{i} m{i} n{i} {_fmt(comps.rl)}",
-            f"L_{i} n{i} c{i} {_fmt(comps.l)}",
-            f"CT_{i} c{i} 0 {_fmt(comps.ct)}",
-        ]
+        lines += [f"Vd{i} d{i} 0 PWL({pwl})", *_circuit_elements(i, comps)]
     lines.append(".save " + " ".join(f"v(c{i})" for i in range(levels.shape[0])))
     lines.append(f".options reltol={_fmt(reltol)}")
     lines += [
@@ -452,8 +453,8 @@ def run_ngspice(netlist: str, *, ngspice: str = "ngspice", timeout: float = 600.
         except subprocess.TimeoutExpired as e:
             raise DeviceError(f"ngspice timed out after {timeout:.0f} s") from e
         if not os.path.exists(out) or proc.returncode != 0:
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
-            raise DeviceError(f"ngspice failed (exit {proc.returncode}):\n{tail}")
+            tail = " / ".join(ln.strip() for ln in (proc.stdout + proc.stderr).strip().splitlines()[-8:] if ln.strip())
+            raise DeviceError(f"ngspice failed (exit {proc.returncode}): {tail}")
         with open(out) as f:
             return f.read()
 
@@ -532,9 +533,7 @@ def ngspice_operating_point(
     """DC operating point (ngspice ``.op``) with the DAQ held at ``v_drive``: v_b, v_c (V), i_c, i_b (A)."""
     lines = [
         "* pnnkit circuit lab: operating point", model_card_line("QN", card), f"VCC vcc 0 DC {_fmt(comps.vcc)}",
-        f"Vd0 d0 0 DC {_fmt(v_drive)}", f"R1_0 d0 b0 {_fmt(comps.r1)}", f"RB_0 vcc b0 {_fmt(comps.rb)}",
-        f"CB_0 b0 0 {_fmt(comps.cb)}", "Q0 c0 b0 0 QN", f"RC_0 vcc m0 {_fmt(comps.rc)}",
-        f"RL_0 m0 n0 {_fmt(comps.rl)}", f"L_0 n0 c0 {_fmt(comps.l)}", f"CT_0 c0 0 {_fmt(comps.ct)}",
+        f"Vd0 d0 0 DC {_fmt(v_drive)}", *_circuit_elements(0, comps),
         ".control", "set numdgt=12", "op",
         "let vb = v(b0)", "let vc = v(c0)", "let ic = @q0[ic]", "let ib = @q0[ib]",
         "wrdata {OUT} vb vc ic ib", "quit", ".endc", ".end",
@@ -627,7 +626,8 @@ def operating_point(
     Newton's method on (v_b, v_c) without autograd, then one Newton step with autograd: the result carries the
     implicit-function gradient with respect to the component values (needed when a twin calibrates them)."""
 
-    def residual(v: Tensor) -> Tensor:
+    def residual(v: Tensor, c: dict[str, Tensor], t: dict[str, Tensor]) -> Tensor:
+        """Kirchhoff's current law at the base node (scaled by R1, in V) and the collector loop (V)."""
         vb, vc = v[0], v[1]
         ic, ib = bjt_currents(vb, vb - vc, t, model, vt)
         f1 = (v_drive - vb) / c["r1"] + (c["vcc"] - vb) / c["rb"] - ib
@@ -638,12 +638,8 @@ def operating_point(
     td = {k: v.detach().double() for k, v in t.items()}
     v = torch.tensor([0.6, float(cd["vcc"]) - 1.0], dtype=torch.float64)
 
-    def res_d(v: Tensor) -> Tensor:
-        vb, vc = v[0], v[1]
-        ic, ib = bjt_currents(vb, vb - vc, td, model, vt)
-        f1 = (v_drive - vb) / cd["r1"] + (cd["vcc"] - vb) / cd["rb"] - ib
-        f2 = cd["vcc"] - (cd["rc"] + cd["rl"]) * ic - vc
-        return torch.stack([f1 * cd["r1"], f2])
+    def res_d(v: Tensor) -> Tensor:  # the residual of the detached float64 values, for Newton's iterations
+        return residual(v, cd, td)
 
     for _ in range(100):
         jac = torch.autograd.functional.jacobian(res_d, v)
@@ -654,7 +650,7 @@ def operating_point(
             break
     jac = torch.autograd.functional.jacobian(res_d, v)
     dtype = next(iter(c.values())).dtype
-    v_star = v.to(dtype) - torch.linalg.solve(jac.to(dtype), residual(v.to(dtype)))
+    v_star = v.to(dtype) - torch.linalg.solve(jac.to(dtype), residual(v.to(dtype), c, t))
     vb, vc = v_star[0], v_star[1]
     ic, _ = bjt_currents(vb, vb - vc, t, model, vt)
     return vb, ic, vc
@@ -1083,9 +1079,7 @@ class CircuitLab(VirtualLab):
         self.circuits_per_run = None if circuits_per_run is None else int(circuits_per_run)
         self.dtype = dtype
         self.spice_tmax, self.spice_reltol = float(spice_tmax), float(spice_reltol)
-        self.order = drive_order(self.n_inputs, max(self.n_params, 1))[: self.n_inputs + self.n_params]
-        if self.n_params == 0:
-            self.order = np.arange(self.n_inputs)
+        self.order = drive_order(self.n_inputs, self.n_params)
         vt_noise = 0.0
         if imp.johnson:
             r_out = self.components.rc + self.components.rl
@@ -1116,20 +1110,12 @@ class CircuitLab(VirtualLab):
                 "simulator": ngspice_version(self.ngspice) if backend == "ngspice" else "torch ODE (simulate_ode)",
             },
         )
-        self._seed = seed
         self._init_noise(seed)
 
     # --- measurement ---------------------------------------------------------------------------------------
     def drive_levels(self, x: Tensor, params: Params) -> Tensor:
         """(B, n_segments) drive values in time order (before DAQ quantisation and noise)."""
-        b = x.shape[0]
-        if self.n_params:
-            th = params["theta"]
-            th = th.reshape(1, -1).expand(b, -1) if th.dim() == 1 else th
-            z = torch.cat([x, th.to(x.dtype)], dim=1)
-        else:
-            z = x
-        return z[:, torch.as_tensor(self.order)]
+        return drive_sequence(x, params["theta"] if self.n_params else None, torch.as_tensor(self.order))
 
     def measure(self, x: Tensor, params: Params) -> Tensor | np.ndarray:
         imp = self.imperfections
@@ -1182,7 +1168,8 @@ class CircuitLab(VirtualLab):
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: (float(v) if isinstance(v, float) else v) for k, v in d.items()}
+    """``d`` with numpy scalars (``np.True_``, ``np.float64``, …) as the Python values JSON can store."""
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}
 
 
 @register_twin
@@ -1231,8 +1218,7 @@ class CircuitODETwin(DigitalTwin):
         self.model, self.substeps, self.em_beta = model, int(substeps), float(em_beta)
         self.log_scale = nn.ParameterDict({k: nn.Parameter(torch.zeros((), dtype=torch.float64)) for k in self._CAL})
         self.offset = nn.Parameter(torch.zeros((), dtype=torch.float64))
-        order = drive_order(self.n_inputs, max(self.n_params, 1))[: self.n_inputs + self.n_params]
-        self.register_buffer("order", torch.as_tensor(order if self.n_params else np.arange(self.n_inputs)))
+        self.register_buffer("order", torch.as_tensor(drive_order(self.n_inputs, self.n_params)))
         n_samples = (self.n_inputs + self.n_params) * self.timing.samples_per_segment
         self.register_buffer("bins", torch.as_tensor(bin_matrix(n_samples, self.output_dim)))
 
@@ -1258,14 +1244,7 @@ class CircuitODETwin(DigitalTwin):
 
     def forward(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
         dt = x.dtype
-        b = x.shape[0]
-        if self.n_params:
-            th = params["theta"].to(dt)
-            th = th.reshape(1, -1).expand(b, -1) if th.dim() == 1 else th
-            z = torch.cat([x, th], dim=1)
-        else:
-            z = x
-        lv = z[:, self.order]
+        lv = drive_sequence(x, params["theta"] if self.n_params else None, self.order)
         comp, tr = self.values(dt)
         v = simulate_ode(lv, comp, tr, self.timing, model=self.model, substeps=self.substeps)
         return v @ self.bins.to(dt).T + self.offset.to(dt)

@@ -24,7 +24,7 @@ from torchdiffeq import odeint
 from ..errors import ConfigError
 from ..spec import ParamSpec, SystemSpec
 from ..system import Params
-from . import VirtualLab, imperfections_of, register_lab, resolve_imperfections
+from . import VirtualLab, dataclass_of, register_lab, resolve_imperfections
 from .checks import check, check_fields, check_unit_and_seed, float_dtype, nonneg, positive
 from ..twins import DigitalTwin, register_twin
 
@@ -71,10 +71,7 @@ class OscillatorImperfections:
 
     def scaled(self, factor: float) -> "OscillatorImperfections":
         """Every defect × ``factor`` (0 gives the design itself)."""
-        try:
-            return replace(self, **{k: v * factor for k, v in asdict(self).items()})
-        except ConfigError as e:
-            raise ConfigError(f"{e} (after imperfection_scale {factor:g})") from None
+        return replace(self, **{k: v * factor for k, v in asdict(self).items()})
 
 
 def couplings_matrix(j_upper: Tensor, n: int) -> Tensor:
@@ -157,7 +154,7 @@ class CoupledOscillatorLab(VirtualLab):
         check_unit_and_seed(LAB, unit, seed)
         if not isinstance(ideal, (bool, np.bool_)):
             raise ConfigError(f"{LAB}: ideal must be true or false, got {ideal!r}")
-        imperfections = imperfections_of(imperfections, OscillatorImperfections, LAB)
+        imperfections = dataclass_of(LAB, "imperfections", imperfections, OscillatorImperfections)
         dtype = _float_dtype(dtype)
         self.n, self.duration, self.steps = int(n), float(duration), int(steps)
         self.unit, self.ideal = int(unit), bool(ideal)
@@ -183,19 +180,20 @@ class CoupledOscillatorLab(VirtualLab):
         eps = torch.randn(n * (n - 1) // 2, generator=g, dtype=torch.float64) * imp.coupling_error
         self._coupling_factor = (1 + eps).to(dtype)
         self._alpha = 1.0 + imp.nonlinearity_error
-        self._seed = seed
+        self.dtype = dtype
         self._init_noise(seed)
 
     def measure(self, x: Tensor, params: Params) -> Tensor:
-        imp, dt = self.imperfections, x.dtype
-        J = couplings_matrix(params["J"] * self._coupling_factor.to(dt), self.n)
-        q0 = x
+        """Simulated in the lab's ``dtype``; returned in the caller's."""
+        imp, dt = self.imperfections, self.dtype
+        J = couplings_matrix(params["J"].to(dt) * self._coupling_factor, self.n)
+        q0 = x.to(dt)
         if imp.input_noise:
             q0 = q0 * (1 + imp.input_noise * torch.randn(x.shape, generator=self._noise, dtype=dt))
         y = integrate_oscillators(q0, J, params["e"].to(dt), self._alpha, self.duration, self.steps)
         if imp.readout_noise:
             y = y + imp.readout_noise * torch.randn(y.shape, generator=self._noise, dtype=dt)
-        return y
+        return y.to(x.dtype)
 
     def ideal_twin(self) -> "OscillatorPhysicsTwin":
         """The design equations as a differentiable twin (calibration factors at their nominal 1)."""

@@ -45,7 +45,7 @@ from torchdiffeq import odeint
 from ..errors import ConfigError
 from ..spec import ParamSpec, SystemSpec
 from ..system import Params
-from . import VirtualLab, register_lab, resolve_imperfections
+from . import VirtualLab, dataclass_of, register_lab, resolve_imperfections, scale_named
 from .checks import MAX_BITS, check, check_fields, check_unit_and_seed, finite, float_dtype, nonneg, positive
 from ..twins import DigitalTwin, register_twin
 
@@ -857,13 +857,8 @@ class PlateLab(VirtualLab):
         _check("sample_rate", sample_rate, "a finite number > 0 Hz", positive)
         check_unit_and_seed("plate", unit, seed)
         dtype = _float_dtype(dtype)
-        if isinstance(design, dict):
-            design = PlateDesign.from_dict(design)
-        if design is not None and not isinstance(design, PlateDesign):
-            raise ConfigError(f"plate: design must be a PlateDesign or a mapping of its fields, got {design!r}")
-        if imperfections is not None and not isinstance(imperfections, PlateImperfections):
-            raise ConfigError(f"plate: imperfections must be a PlateImperfections or a mapping of its fields, got "
-                              f"{imperfections!r}")
+        design = dataclass_of("plate", "design", design, PlateDesign)
+        imperfections = dataclass_of("plate", "imperfections", imperfections, PlateImperfections)
         self.design = design or PlateDesign()
         self.model = _PlateModel(int(n_inputs), int(n_params), int(output_dim), int(n_tail), int(substeps),
                                  sample_rate, drive_scale, bias, self.design)
@@ -883,8 +878,7 @@ class PlateLab(VirtualLab):
         self.physics = self.nominal if ideal else self._unit_physics()
         g = torch.Generator().manual_seed(7_919 * (self.unit + 1) + 1)
         self._drift_phase = float(torch.rand((), generator=g, dtype=torch.float64)) * 2 * math.pi
-        self._seed = int(seed)
-        self._init_noise(self._seed)  # also resets the measurement count (drives the temperature cycle)
+        self._init_noise(seed)  # also resets the measurement count (drives the temperature cycle)
         self.spec = self.model.make_spec(
             "plate" + ("-ideal" if ideal else ""),
             {"n_modes": n_modes, "drive_scale": drive_scale, "sample_rate": sample_rate, "substeps": substeps,
@@ -1095,11 +1089,10 @@ class PlatePhysicsTwin(DigitalTwin):
 
 
 def _make(**options: Any) -> PlateLab:
+    scale = options.get("imperfection_scale", 1.0)
     imp = resolve_imperfections(options, PlateImperfections)
-    design = options.pop("design", None)
-    if isinstance(design, dict):
-        design = PlateDesign.from_dict(design)
-    return PlateLab(imperfections=imp, design=design, **options)
+    with scale_named(scale):  # the jitter's bound depends on the lab's sampling: checked by the lab
+        return PlateLab(imperfections=imp, **options)
 
 
 

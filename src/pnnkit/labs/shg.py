@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..spec import ParamSpec, SystemSpec
 from ..system import Params
-from . import VirtualLab, register_lab, resolve_imperfections
+from . import VirtualLab, dataclass_of, register_lab, resolve_imperfections
 from .checks import MAX_BITS, check, check_fields, check_unit_and_seed, finite, float_dtype, nonneg, positive
 from ..twins import DigitalTwin, register_twin
 
@@ -436,23 +436,14 @@ class SHGLab(VirtualLab):
                        "pulse_fwhm_fs": pulse_fwhm_fs, "window_nm": window_nm, "spectrometer_span": spectrometer_span})
         check_unit_and_seed("shg", unit, seed)
         dtype = _float_dtype(dtype)
-        if imperfections is not None and not isinstance(imperfections, SHGImperfections):
-            raise ConfigError(f"shg: imperfections must be an SHGImperfections or a mapping of its fields, got "
-                              f"{imperfections!r}")
+        imperfections = dataclass_of("shg", "imperfections", imperfections, SHGImperfections)
+        dispersion = dataclass_of("shg", "dispersion", dispersion, CrystalDispersion)
         if dispersion is None:
             lo, hi = BBO_TYPE1_RANGE_NM
             if not lo <= wavelength_nm <= hi:
                 raise ConfigError(f"shg: wavelength_nm must be in [{lo:g}, {hi:g}] nm, where type-I SHG in BBO (the "
                                   f"default crystal) phase-matches (or give a dispersion), got {wavelength_nm!r}")
             dispersion, _ = bbo_type1_dispersion(wavelength_nm)
-        elif isinstance(dispersion, dict):
-            try:
-                dispersion = CrystalDispersion(**dispersion)
-            except TypeError as e:
-                raise ConfigError(f"shg: dispersion: {e}") from None
-        elif not isinstance(dispersion, CrystalDispersion):
-            raise ConfigError(f"shg: dispersion must be a CrystalDispersion or a mapping of its fields, got "
-                              f"{dispersion!r}")
         self.config = {
             "n_inputs": int(n_inputs), "n_params": int(n_params), "output_dim": int(output_dim),
             "crystal_length_mm": float(crystal_length_mm), "dispersion": asdict(dispersion),
@@ -505,7 +496,6 @@ class SHGLab(VirtualLab):
         self._drift_amp = (amps / (amps.pow(2).sum() / 2).sqrt() * imp.drift)
         self._drift_freq = 2 * math.pi / periods
         self._drift_phase = 2 * math.pi * torch.rand(4, generator=gd, dtype=f64)
-        self._seed = int(seed)
         self._init_noise(seed)
 
         shot_rel = imp.shot_noise / math.sqrt(self.counts_per_unit)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import SEED_LIMIT
 from ..errors import ConfigError, DataError
 from . import ClassificationTask, register_task, stratified_split
 from . import data_dir as resolve_data_dir
@@ -181,7 +182,7 @@ def load_mnist(
                 f"mnist: validation must be in {n_cls}…{len(ytr) - n_cls} for {len(ytr)} training images, got {validation}"
             )
         vseed = seed if validation_seed is None else int(validation_seed)
-        if not 0 <= vseed < 2**32:
+        if not 0 <= vseed < SEED_LIMIT:
             raise ConfigError(f"mnist: validation_seed must be in 0 … 2**32 − 1, got {vseed}")
         tr, va = stratified_split(ytr, validation, vseed)
         xtr, ytr, xte, yte = xtr[tr], ytr[tr], xtr[va], ytr[va]
