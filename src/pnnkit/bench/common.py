@@ -11,12 +11,16 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..machine import machine_summary
 from ..provenance import source_revision
+
+if TYPE_CHECKING:
+    from ..system import PhysicalSystem
+    from ..twins import DigitalTwin
 
 #: 1-minute load average above which timings are flagged as taken under load.
 LOAD_WARN = 1.5
@@ -218,7 +222,8 @@ def available_labs() -> list[str]:
     return ["oscillators", "shg"]
 
 
-def bench_lab(name: str, *, dtype: torch.dtype = torch.float32, **options: Any):
+def bench_lab(name: str, *, dtype: torch.dtype = torch.float32,
+              **options: Any) -> tuple[PhysicalSystem, DigitalTwin]:
     """The lab at its benchmark size with its physics twin: oscillators n=8 (T=3, 30 RK4 steps), SHG default."""
     from ..labs import make_lab
 

@@ -21,11 +21,16 @@ from __future__ import annotations
 import cProfile
 import io
 import pstats
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
 from .common import available_labs, cpu_clock, goal, machine_info, min_time, result
+
+if TYPE_CHECKING:
+    from ..system import PhysicalSystem
 
 BATCH = 256
 
@@ -38,7 +43,8 @@ def _inputs(lab, batch: int, seed: int = 0):
     return x, th
 
 
-def oscillator_floor(lab, x, th):
+def oscillator_floor(lab: PhysicalSystem, x: Tensor,
+                     th: dict[str, Tensor]) -> Callable[[], Tensor]:
     """Bare RK4 over the same ODE (coupling matrix prepared outside the timed region)."""
     from ..labs.oscillators import couplings_matrix
 
@@ -65,7 +71,7 @@ def oscillator_floor(lab, x, th):
     return run
 
 
-def shg_floor(lab, x, th):
+def shg_floor(lab: PhysicalSystem, x: Tensor, th: dict[str, Tensor]) -> Callable[[], Tensor]:
     """FFT autoconvolution + |B|² + binning from a precomputed shaped field."""
     from ..labs.shg import sh_field_fft
 

@@ -30,7 +30,7 @@ import gc
 import math
 import statistics
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -40,6 +40,10 @@ from ..layers import ElementwiseRescale, PhysicalLayer, project_parameters
 from ..pat import twin_vjp
 from .common import available_labs, bench_lab, cpu_clock, goal, machine_info, result
 
+if TYPE_CHECKING:
+    from ..system import PhysicalSystem
+    from ..twins import DigitalTwin
+
 BATCHES = (32, 128, 256, 1024)
 DEPTHS = (1, 2, 3, 4, 5)
 REPEATS = 15  # minimum interleaved rounds per configuration
@@ -48,7 +52,7 @@ ROUND_SECONDS = 3.0
 
 
 # --- the authors' formulation, written independently -------------------------------------------------------------
-def authors_function(system, twin, names):
+def authors_function(system: PhysicalSystem, twin: DigitalTwin, names: list[str]) -> type[torch.autograd.Function]:
     """A custom autograd.Function in the style of the authors' code: backward = ``autograd.functional.vjp``."""
 
     class AuthorsPAT(torch.autograd.Function):
@@ -101,7 +105,7 @@ def _inputs(spec, batch: int, seed: int):
     return x, torch.randn(batch, spec.output_dim, generator=g)
 
 
-def measure_config(lab_name: str, lab, twin, batch: int, depth: int, repeats: int,
+def measure_config(lab_name: str, lab: PhysicalSystem, twin: DigitalTwin, batch: int, depth: int, repeats: int,
                    min_seconds: float = 0.0) -> dict[str, Any]:
     spec = lab.spec
     model = _network(lab, twin, depth)

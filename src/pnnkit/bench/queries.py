@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -50,13 +50,19 @@ from ..system import clamp_to_range
 from ..twins import fit_twin
 from .common import goal, machine_info, result
 
+if TYPE_CHECKING:
+    from ..system import PhysicalSystem
+    from ..twins import DigitalTwin
+
+Digits = tuple[Tensor, Tensor, Tensor, Tensor]  # x_train, y_train, x_test, y_test (small_digits)
+
 N_OSC = 16
 N_CLASSES = 10
 BATCH = 64
 TARGETS = (0.60, 0.75)
 
 
-def small_digits(seed: int = 0):
+def small_digits(seed: int = 0) -> Digits:
     """scikit-learn 8×8 digits average-pooled to 4×4 (16 features in [0, 1]); stratified 1,437 / 360 split."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -69,7 +75,7 @@ def small_digits(seed: int = 0):
     return t(x[tr]), t(y[tr]), t(x[te]), t(y[te])
 
 
-def build(lab, twin=None) -> nn.Sequential:
+def build(lab: PhysicalSystem, twin: DigitalTwin | None = None) -> nn.Sequential:
     g = torch.Generator().manual_seed(0)
     return nn.Sequential(ElementwiseRescale(N_OSC, scale=2.0, bias=-1.0), PhysicalLayer(lab, twin, generator=g),
                          Slice(0, N_CLASSES), ElementwiseRescale(N_CLASSES, scale=3.0))
@@ -93,7 +99,7 @@ def load_flat(model: nn.Module, v: np.ndarray) -> None:
     project_parameters(model)
 
 
-def batched_logits(lab, model: nn.Module, cands: np.ndarray, x: Tensor) -> Tensor:
+def batched_logits(lab: PhysicalSystem, model: nn.Module, cands: np.ndarray, x: Tensor) -> Tensor:
     """Logits (K, B, classes) of K candidate vectors on x, in one device call of K·B queries (per-sample θ)."""
     c = torch.as_tensor(cands, dtype=torch.float32)
     k, b = c.shape[0], x.shape[0]
@@ -113,7 +119,8 @@ def batched_logits(lab, model: nn.Module, cands: np.ndarray, x: Tensor) -> Tenso
     return y * parts["3.scale"][:, None, :] + parts["3.bias"][:, None, :]
 
 
-def batched_loss(lab, model, cands, x, y) -> np.ndarray:
+def batched_loss(lab: PhysicalSystem, model: nn.Module, cands: np.ndarray, x: Tensor,
+                 y: Tensor) -> np.ndarray:
     logits = batched_logits(lab, model, cands, x)
     k = logits.shape[0]
     return F.cross_entropy(logits.reshape(-1, N_CLASSES), y.repeat(k), reduction="none").reshape(k, -1).mean(1).double().numpy()
@@ -123,7 +130,7 @@ def batched_loss(lab, model, cands, x, y) -> np.ndarray:
 class Run:
     """Minibatch stream, query budget and the accuracy-vs-queries curve of one method at one setting."""
 
-    def __init__(self, data, budget: int, eval_every: int, seed: int = 0) -> None:
+    def __init__(self, data: Digits, budget: int, eval_every: int, seed: int = 0) -> None:
         self.xtr, self.ytr, self.xte, self.yte = data
         self.budget, self.eval_every = budget, eval_every
         self.lab = make_lab("oscillators", n=N_OSC, unit=0, seed=seed)
@@ -163,14 +170,14 @@ class Run:
         return self.queries >= self.budget
 
 
-def fit_physics_twin(run: Run, samples: int = 512):
+def fit_physics_twin(run: Run, samples: int = 512) -> DigitalTwin:
     data = acquire(run.lab, samples, inputs_per_setting=64, seed=1)
     twin = run.lab.ideal_twin()
     fit_twin(twin, data, epochs=30 if samples >= 512 else 3, lr=0.02, patience=8, seed=0)
     return twin
 
 
-def run_gradient(method: str, lr: float, data, budget: int, eval_every: int, twin_samples: int) -> Run:
+def run_gradient(method: str, lr: float, data: Digits, budget: int, eval_every: int, twin_samples: int) -> Run:
     run = Run(data, budget, eval_every)
     twin = fit_physics_twin(run, twin_samples)
     model = build(run.lab, twin)
@@ -195,7 +202,7 @@ def run_gradient(method: str, lr: float, data, budget: int, eval_every: int, twi
     return run
 
 
-def run_spsa(a: float, data, budget: int, eval_every: int, c: float = 0.05) -> Run:
+def run_spsa(a: float, data: Digits, budget: int, eval_every: int, c: float = 0.05) -> Run:
     run = Run(data, budget, eval_every)
     model = build(run.lab)
     theta = flat(model)
@@ -218,7 +225,7 @@ def run_spsa(a: float, data, budget: int, eval_every: int, c: float = 0.05) -> R
     return run
 
 
-def run_cma(sigma0: float, data, budget: int, eval_every: int) -> Run:
+def run_cma(sigma0: float, data: Digits, budget: int, eval_every: int) -> Run:
     import cma
 
     run = Run(data, budget, eval_every)
@@ -234,7 +241,7 @@ def run_cma(sigma0: float, data, budget: int, eval_every: int) -> Run:
     return run
 
 
-def run_nevergrad(sigma: float, data, budget: int, eval_every: int) -> Run:
+def run_nevergrad(sigma: float, data: Digits, budget: int, eval_every: int) -> Run:
     import nevergrad as ng
 
     run = Run(data, budget, eval_every)
@@ -254,7 +261,7 @@ def run_nevergrad(sigma: float, data, budget: int, eval_every: int) -> Run:
     return run
 
 
-def run_fd(lr: float, data, budget: int, eval_every: int, h: float = 0.05) -> Run:
+def run_fd(lr: float, data: Digits, budget: int, eval_every: int, h: float = 0.05) -> Run:
     run = Run(data, budget, eval_every)
     model = build(run.lab)
     theta = torch.as_tensor(flat(model)).requires_grad_(False)

@@ -19,6 +19,7 @@ import json
 import math
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -65,7 +66,7 @@ def fit_exponent(sizes: list[float], values: list[float]) -> float:
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sxx
 
 
-def peak_tensor_mb(step) -> float:
+def peak_tensor_mb(step: Callable[[], object]) -> float:
     """Peak of live tensor memory during ``step()`` above its start, from the profiler's allocator events."""
     import os
     import tempfile
