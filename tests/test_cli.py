@@ -482,3 +482,23 @@ def test_labs_and_demo_options(monkeypatch, tmp_path):
     assert res.exit_code == 2 and "stopped by the test" in res.output
     assert seen["cfg"].training.epochs == 1 and seen["cfg"].twin.samples == 128 and seen["out"] == tmp_path / "d"
     assert seen["cfg"].lab.options["n"] == 64 and seen["cfg"].methods == ["pat", "in_silico"]  # the rest: the preset
+
+
+def test_twin_fit_holds_the_configs_fixed_parameters_and_refuses_a_misspelt_one_before_measuring(tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    fixed = ["--set", "twin.fit.fixed=[log_alpha, log_input_gain]"]
+    res = runner.invoke(app, ["twin", "fit", str(cfg), "--out", str(tmp_path / "tw"), *fixed])
+    assert res.exit_code == 0, res.output
+    w = load_file(str(tmp_path / "tw" / "twin.safetensors"))
+    assert float(w["log_alpha"]) == 0.0 and float(w["log_input_gain"]) == 0.0  # held at the design
+    assert float(w["log_coupling_gain"]) != 0.0 and float(w["log_output_gain"]) != 0.0  # fitted
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "o"), "--set", "twin.fit.fixed=[log_alfa]"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert ("twin.fit.fixed: the physics twin of oscillators has no parameter log_alfa; its parameters: log_alpha, "
+            "log_coupling_gain, log_input_gain, log_output_gain") in " ".join(res.output.split())
+    assert not (tmp_path / "o").exists()  # refused before anything was measured or written
+    res = runner.invoke(app, ["twin", "fit", str(cfg), "--out", str(tmp_path / "t2"), "--set", "twin.fit.fixed=[x]"])
+    assert res.exit_code == 2 and "has no parameter x" in res.output and not (tmp_path / "t2").exists()

@@ -117,15 +117,17 @@ def twin_fit(
 ) -> None:
     """Measure the lab on a space-filling design, fit the twin, save HDF5 data + safetensors/JSON twin."""
     from .config import load_config
-    from .experiments import build_lab, make_twin, writable_dir
+    from .experiments import build_lab, check_twin_config, make_twin, writable_dir
 
     try:
         cfg = load_config(config, set_ or ())
         if cfg.twin.path:
             raise PnnkitError(f"twin.path is set ({cfg.twin.path}): `twin fit` measures the lab and fits a new twin; "
                               "remove twin.path, or inspect that twin with `pnnkit twin show`")
+        lab = build_lab(cfg.lab)
+        check_twin_config(lab, cfg.twin)
         writable_dir(out)  # before the lab is measured
-        res = make_twin(build_lab(cfg.lab), cfg.twin, out, progress=sys.stderr.isatty())
+        res = make_twin(lab, cfg.twin, out, progress=sys.stderr.isatty())
     except PnnkitError as e:
         _fail(e)
     rep = res.twin.report

@@ -63,6 +63,9 @@ class TwinFitConfig(StrictModel):
                                 "stopping (at least one; the rest, at least two, train)")
     patience: int = Field(20, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    fixed: list[str] = Field(default_factory=list, description="twin parameters held at their initial values "
+                             "(names as in twin.named_parameters()), e.g. a physics twin's separately calibrated "
+                             "constants")
 
 
 class TwinConfig(StrictModel):

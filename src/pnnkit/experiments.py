@@ -93,19 +93,34 @@ def make_twin(system: PhysicalSystem, cfg: TwinConfig, out_dir: Path | None = No
                   "continues from its seed, so this run's numbers can differ from an uninterrupted run's",
                   file=sys.stderr)
     torch.manual_seed(cfg.seed)  # twin initial weights
+    twin = new_twin(system, cfg)
+    f = cfg.fit
+    fit_twin(twin, data, epochs=f.epochs, lr=f.lr, batch_size=f.batch_size, val_fraction=f.val_fraction,
+             patience=f.patience, weight_decay=f.weight_decay, seed=cfg.seed, progress=progress, fixed=f.fixed)
+    if out_dir:
+        twin.save(out_dir / "twin.safetensors")
+    return TwinOutcome(twin, data)
+
+
+def new_twin(system: PhysicalSystem, cfg: TwinConfig) -> DigitalTwin:
+    """The unfitted twin of ``cfg.kind`` for ``system`` (its initial weights from torch's global generator)."""
     if cfg.kind == "physics":
         factory = getattr(system, "ideal_twin", None)
         if factory is None:
             raise ConfigError(f"twin kind 'physics' needs a lab with ideal_twin(); {system.spec.name} has none")
-        twin = factory()
-    else:
-        twin = MLPTwin(system.spec, hidden=tuple(cfg.hidden), activation=cfg.activation)
-    f = cfg.fit
-    fit_twin(twin, data, epochs=f.epochs, lr=f.lr, batch_size=f.batch_size, val_fraction=f.val_fraction,
-             patience=f.patience, weight_decay=f.weight_decay, seed=cfg.seed, progress=progress)
-    if out_dir:
-        twin.save(out_dir / "twin.safetensors")
-    return TwinOutcome(twin, data)
+        return factory()
+    return MLPTwin(system.spec, hidden=tuple(cfg.hidden), activation=cfg.activation)
+
+
+def check_twin_config(system: PhysicalSystem, cfg: TwinConfig) -> None:
+    """Refuse, before anything is measured for it, a twin ``cfg`` that ``system`` cannot have: a physics twin of a
+    lab without one, or ``fit.fixed`` naming a parameter the twin does not have."""
+    with torch.random.fork_rng(devices=[]):  # built to be checked only: the run's random state stays as it was
+        names = {name for name, _ in new_twin(system, cfg).named_parameters()}
+    unknown = sorted(set(cfg.fit.fixed) - names)
+    if unknown:
+        raise ConfigError(f"twin.fit.fixed: the {cfg.kind} twin of {system.spec.name} has no parameter "
+                          f"{', '.join(unknown)}; its parameters: {', '.join(sorted(names))}")
 
 
 def _measured_before(path: Path, system: PhysicalSystem, cfg: TwinConfig) -> MeasurementSet | None:
@@ -320,6 +335,8 @@ def build_pieces(cfg: ExperimentConfig) -> tuple[ClassificationTask, PhysicalSys
     system = build_lab(cfg.lab)
     if cfg.twin.path:
         DigitalTwin.load(cfg.twin.path, system.spec)
+    elif any(m in ("pat", "in_silico") for m in cfg.methods):
+        check_twin_config(system, cfg.twin)
     net = build_network(cfg.network, task.n_features, task.n_classes, system, None, seed=cfg.seed)
     if not any(True for _ in physical_layers(net)):
         raise ConfigError(f"the network has no physical layer (network.depth is {cfg.network.depth}; a 'physical' or "
