@@ -82,6 +82,8 @@ _SEED = "an integer in [0, 2**32)"
 _REL_STD = "a finite number ≥ 0 (a relative std)"
 _ALPHA = "a finite number > -1 (α = 1 + error must stay > 0: a restoring force)"
 _READOUT = "a finite number ≥ 0 rad (a std)"
+_IMP = ("OscillatorImperfections(…) or a mapping of its fields (coupling_error, nonlinearity_error, input_noise, "
+        "readout_noise)")
 
 _BAD_OPTIONS = [
     ("n", 1, _N), ("n", 0, _N), ("n", -4, _N), ("n", 2.5, _N), ("n", 4.0, _N), ("n", True, _N), ("n", "8", _N),
@@ -101,8 +103,8 @@ _BAD_OPTIONS = [
     ("ideal", 1, "true or false"), ("ideal", "yes", "true or false"), ("ideal", None, "true or false"),
     ("dtype", "float16", "float32 or float64"), ("dtype", torch.float16, "float32 or float64"),
     ("dtype", torch.int64, "float32 or float64"), ("dtype", 32, "float32 or float64"),
-    ("imperfections", 3, "OscillatorImperfections(…) or a mapping of its fields (coupling_error, nonlinearity_error, input_noise, readout_noise)"),
-    ("imperfections", "none", "OscillatorImperfections(…) or a mapping of its fields (coupling_error, nonlinearity_error, input_noise, readout_noise)"),
+    ("imperfections", 3, _IMP),
+    ("imperfections", "none", _IMP),
 ]
 
 
