@@ -45,7 +45,8 @@ def main() -> None:
                        seed=0, fixed=fixed)
         err = (twin.calibrated_physics().omega / true_omega - 1).abs().mean()
         before = (twin.nominal.omega / true_omega - 1).abs().mean()
-        print(f"{name:22s} val NRMSE {rep.val_nrmse:.3f} (noise floor {rep.noise_floor_nrmse:.3f}), mode-frequency "
+        floor = "n/a: 1 repeat" if rep.noise_floor_nrmse is None else f"{rep.noise_floor_nrmse:.3f}"
+        print(f"{name:22s} val NRMSE {rep.val_nrmse:.3f} (noise floor {floor}), mode-frequency "
               f"error {100 * float(err):.2f} % (design: {100 * float(before):.2f} %), {rep.epochs} epochs, "
               f"{time.perf_counter() - t0:.0f} s")
 

@@ -35,7 +35,7 @@ import functools
 import math
 import numbers
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -165,14 +165,6 @@ class PlateDesign:
         d = asdict(self)
         d["drive_point"], d["mic_point"] = list(self.drive_point), list(self.mic_point)
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PlateDesign":
-        d = dict(d)
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"PlateDesign: unknown fields {sorted(unknown)}")
-        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -1030,7 +1022,7 @@ class PlatePhysicsTwin(DigitalTwin):
                  drive_scale: float, sample_rate: float, substeps: int, n_tail: int, bias: bool,
                  design: dict[str, Any]) -> None:
         super().__init__(spec)
-        self.design = PlateDesign.from_dict(design)
+        self.design = dataclass_of("plate twin", "design", design, PlateDesign)
         self.model = _PlateModel(int(n_inputs), int(n_params), int(output_dim), int(n_tail), int(substeps),
                                  sample_rate, drive_scale, bias, self.design)
         self.n_modes = int(n_modes)
