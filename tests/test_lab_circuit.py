@@ -355,6 +355,7 @@ _DAQ = r"circuit: input_max/param_max \({} V\) exceed the DAQ's ±10 V output ra
     ({"output_dim": 61}, r"circuit: output_dim must be at most the 60 ADC samples of the drive window "
                          r"\(\(n_inputs \+ n_params\) × timing\.t_segment × timing\.adc_rate\), got 61"),
     ({"backend": "spice"}, r"circuit: backend must be 'ngspice' or 'ode', got 'spice'"),
+    ({"output_node": "emitter"}, r"circuit: output_node must be 'collector' or 'base', got 'emitter'"),
 ])
 def test_a_bad_option_is_refused_in_one_line_before_anything_runs(options, message, monkeypatch) -> None:
     import pnnkit.labs.circuit as circuit
@@ -418,3 +419,58 @@ def test_a_circuit_without_parameters_plays_its_inputs_in_order() -> None:
     x = torch.linspace(-1, 1, 16, dtype=torch.float64).reshape(2, 8)
     assert torch.equal(lab.drive_levels(x, {}), x)
     assert torch.allclose(lab(x, {}), lab.ideal_twin().double()(x, {}), atol=1e-6)
+
+
+@needs_ngspice
+def test_the_base_node_ngspice_agrees_with_the_ode_and_sits_at_the_operating_point() -> None:
+    """``output_node="base"`` records v(B): at rest it is ngspice's own ``.op`` base voltage, it agrees with the ODE
+    model over the full ±1 V range, and it is a different signal from the collector's (fast, junction-clamped)."""
+    kw = dict(ideal=True, n_inputs=8, n_params=8, output_dim=16)
+    lab, lab_c = make_lab("circuit", output_node="base", **kw), make_lab("circuit", **kw)
+    assert lab.spec.meta["records"] == "base voltage" and lab_c.spec.meta["records"] == "collector voltage"
+    x0, th0 = torch.zeros(1, 8, dtype=F64), {"theta": torch.zeros(8, dtype=F64)}
+    assert lab(x0, th0) == pytest.approx(torch.full((1, 16), lab.operating_point(0.0)["v_b"], dtype=F64), abs=2e-4)
+    x, th = _drive(6, 8, 8)
+    y, y_c = lab(x, th), lab_c(x, th)
+    with torch.no_grad():
+        ym = lab.ideal_twin()(x, th)
+    assert float(((y - ym).pow(2).mean() / y.var()).sqrt()) < 0.03
+    assert 0.3 < float(y.min()) and float(y.max()) < 0.75  # below the junction's clamp, never below the ground
+    assert float(torch.corrcoef(torch.stack([y.flatten(), y_c.flatten()]))[0, 1]) > -0.99  # not the collector mirrored
+
+
+def test_the_base_node_loop_and_adjoint_equal_torchdiffeq_autograd() -> None:
+    timing = CircuitTiming(t_segment=5e-6)
+    twin = make_lab("circuit", backend="ode", n_inputs=9, n_params=5, output_dim=7, timing=timing,
+                    output_node="base").ideal_twin()
+    comp, tr = twin.values()
+    frozen_c, frozen_t = {k: v.detach() for k, v in comp.items()}, {k: v.detach() for k, v in tr.items()}
+    g = torch.Generator().manual_seed(4)
+    levels = (torch.rand(5, 14, generator=g, dtype=F64) * 2 - 1).requires_grad_(True)
+    ref = simulate_ode(levels, comp, tr, timing, node="base")
+    fast = simulate_ode(levels, frozen_c, frozen_t, timing, node="base")
+    coll = simulate_ode(levels, frozen_c, frozen_t, timing)
+    assert "_DriveAdjointBackward" in _graph_nodes(fast)
+    w = torch.randn(ref.shape, generator=g, dtype=F64)
+    (g_ref,) = torch.autograd.grad(ref, levels, w)
+    (g_fast,) = torch.autograd.grad(fast, levels, w)
+    assert (fast - ref).abs().max() <= 1e-12 * ref.abs().max()
+    assert (g_fast - g_ref).abs().max() <= 1e-10 * g_ref.abs().max()
+    assert float((fast - coll).detach().abs().min()) > 1.0  # the base (≈ 0.6 V), not the collector (≈ 4–5 V)
+    assert torch.autograd.gradcheck(lambda v: simulate_ode(v, frozen_c, frozen_t, timing, node="base"),
+                                    (levels.detach()[:2, :].clone().requires_grad_(True),), eps=1e-6, atol=1e-7)
+
+
+def test_a_twin_of_one_node_is_refused_for_a_lab_recording_the_other(tmp_path) -> None:
+    from pnnkit.errors import ConfigError, TwinError
+
+    kw = dict(backend="ode", n_inputs=3, n_params=2, output_dim=5)
+    lab_b, lab_c = make_lab("circuit", output_node="base", **kw), make_lab("circuit", **kw)
+    lab_c.ideal_twin().save(tmp_path / "twin_c")
+    with pytest.raises(TwinError, match="records collector voltage vs base voltage"):
+        DigitalTwin.load(tmp_path / "twin_c", lab_b.spec)
+    assert DigitalTwin.load(tmp_path / "twin_c", lab_c.spec).output_node == "collector"
+    lab_b.ideal_twin().save(tmp_path / "twin_b")
+    assert DigitalTwin.load(tmp_path / "twin_b", lab_b.spec).output_node == "base"
+    with pytest.raises(ConfigError, match="predicts the base voltage but its lab records the collector"):
+        CircuitODETwin(lab_c.spec, 3, 2, 5, output_node="base")

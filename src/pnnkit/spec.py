@@ -156,7 +156,8 @@ class SystemSpec:
         return cls(**d)
 
     def same_interface(self, other: "SystemSpec") -> bool:
-        """True when ``other`` has the same dimensions, ranges and parameter blocks (the twin contract)."""
+        """True when ``other`` has the same dimensions, ranges and parameter blocks (the twin contract), and records
+        the same quantity where both say which (``meta["records"]``, e.g. the circuit lab's recorded node)."""
         return not self.interface_differences(other)
 
     def interface_differences(self, other: "SystemSpec") -> list[str]:
@@ -165,6 +166,9 @@ class SystemSpec:
         diff = [f"{key} {getattr(self, key)} vs {getattr(other, key)}"
                 for key in ("input_dim", "output_dim", "input_low", "input_high")
                 if getattr(self, key) != getattr(other, key)]
+        records = (self.meta.get("records"), other.meta.get("records"))
+        if None not in records and records[0] != records[1]:  # what the outputs measure, where both specs say
+            diff.append(f"records {records[0]} vs {records[1]}")
         if self.param_names != other.param_names:
             diff.append(f"parameters {self.param_names} vs {other.param_names}")
         else:
