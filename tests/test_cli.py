@@ -502,3 +502,42 @@ def test_twin_fit_holds_the_configs_fixed_parameters_and_refuses_a_misspelt_one_
     assert not (tmp_path / "o").exists()  # refused before anything was measured or written
     res = runner.invoke(app, ["twin", "fit", str(cfg), "--out", str(tmp_path / "t2"), "--set", "twin.fit.fixed=[x]"])
     assert res.exit_code == 2 and "has no parameter x" in res.output and not (tmp_path / "t2").exists()
+
+
+@pytest.mark.parametrize("name", ["circuit", "oscillators", "plate", "shg"])
+def test_labs_name_prints_the_options_make_lab_accepts_with_their_defaults(name):
+    """`pnnkit labs NAME`: every option listed is one make_lab takes (and every one it takes is listed), the
+    defaults shown are the constructor's, and the doc page named exists."""
+    import inspect
+
+    from pnnkit.labs import _LABS, _OPTIONS_OF, lab_description
+    from pnnkit.options import option_names
+
+    res = runner.invoke(app, ["labs", name])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].startswith(f"{name}: ") and len(lines[0]) > len(name) + 10
+    doc = lines[1].rsplit(" ", 1)[1]
+    assert doc == f"docs/labs/{name}.md" and (Path(__file__).parents[1] / doc).is_file()
+    listed = {ln.split(" = ")[0].strip() for ln in lines[3:] if not ln.startswith("    ")}
+    _, options = lab_description(name)
+    target = _OPTIONS_OF[name]
+    assert listed == {o[0] for o in options} == option_names(target) | {"imperfections", "imperfection_scale"}
+    sig = inspect.signature(target).parameters
+    for opt, default, _ in options:
+        if opt in sig and isinstance(sig[opt].default, int) and not isinstance(sig[opt].default, bool):
+            assert default == str(sig[opt].default), opt
+    assert name in _LABS
+
+
+def test_labs_name_shows_the_circuit_nodes_default_and_the_dataclass_fields():
+    res = runner.invoke(app, ["labs", "circuit"])
+    assert "  output_node = 'collector'" in res.output
+    assert "fields (None: these defaults): vcc=5, r1=150000, rb=470000" in res.output
+    assert "resistor_tolerance=0.01" in res.output and "  imperfection_scale = 1" in res.output
+
+
+def test_labs_with_an_unknown_name_is_one_line_and_exit_2():
+    res = runner.invoke(app, ["labs", "circuitt"])
+    assert res.exit_code == 2
+    assert res.output.strip() == "error: unknown lab 'circuitt'; available: circuit, oscillators, plate, shg"

@@ -252,12 +252,28 @@ def toy_gap() -> None:
 
 
 @app.command()
-def labs() -> None:
-    """List the virtual labs."""
-    from .labs import lab_names
+def labs(
+    name: Annotated[str | None, typer.Argument(help="a lab: print its summary, options and defaults")] = None,
+) -> None:
+    """List the virtual labs; with a NAME, that lab's options (a config's lab.options) and their defaults."""
+    from .labs import lab_description, lab_names
 
-    for n in lab_names():
-        typer.echo(n)
+    if name is None:
+        for n in lab_names():
+            typer.echo(n)
+        return
+    try:
+        summary, options = lab_description(name)
+    except PnnkitError as e:
+        _fail(e)
+    typer.echo(f"{name}: {summary}")
+    typer.echo(f"physics, imperfections and validation: docs/labs/{name}.md")
+    typer.echo("options (lab.options in a config, make_lab keyword arguments) = default:")
+    for opt, default, fields in options:
+        typer.echo(f"  {opt} = {default}")
+        if fields:
+            typer.echo(f"    fields ({'None: these defaults' if default == 'None' else 'of the mapping'}): "
+                       + ", ".join(f"{f}={v}" for f, v in fields))
 
 
 def _out_of_memory(e: BaseException) -> str | None:

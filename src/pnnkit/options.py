@@ -109,6 +109,38 @@ def option_names(target: Callable[..., Any]) -> set[str] | None:
     return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
+def _shown_default(value: Any) -> str:
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    if isinstance(value, float):
+        return f"{value:g}"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def describe_options(target: Callable[..., Any]) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """``target``'s keyword options as (name, default as text, fields): ``fields`` lists (field, default) of the
+    dataclass the option takes (its defaults are what ``None`` means), else empty. For ``pnnkit labs NAME``."""
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    hints = _hints(target)
+    out = []
+    for p in params:
+        if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) or p.name == "self":
+            continue
+        default = "(required)" if p.default is inspect.Parameter.empty else _shown_default(p.default)
+        cls = next((c for c in _parts(hints.get(p.name)) if dataclasses.is_dataclass(c)), None)
+        fields = []
+        if cls is not None:
+            for f in dataclasses.fields(cls):
+                v = f.default if f.default is not dataclasses.MISSING else (
+                    f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+                fields.append((f.name, v if isinstance(v, str) and v == "(required)" else _shown_default(v)))
+        out.append((p.name, default, fields))
+    return out
+
+
 def refuse_unknown(what: str, options: dict[str, Any], accepted: set[str] | None) -> None:
     """A one-line :class:`ConfigError` for the first option not in ``accepted`` (with a did-you-mean and the
     list); nothing when all are known or ``accepted`` is None (anything goes)."""

@@ -7,6 +7,7 @@ itself with :func:`register_lab`.
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..options import check_options, option_names, refuse_unknown
+from ..options import check_options, describe_options, option_names, refuse_unknown
 from ..system import PhysicalSystem
 
 
@@ -97,6 +98,21 @@ def register_lab(name: str, factory: Callable[..., PhysicalSystem], module: str 
 
 def lab_names() -> list[str]:
     return sorted(set(_LABS) | set(_LAB_MODULES))
+
+
+def lab_description(name: str) -> tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]:
+    """Lab ``name``'s one-line summary and its options with their defaults (:func:`pnnkit.options.describe_options`;
+    ``imperfections`` and ``imperfection_scale`` included for every lab that takes them)."""
+    if name not in _LABS and name in _LAB_MODULES:
+        importlib.import_module(_LAB_MODULES[name])
+    if name not in _LABS:
+        raise ConfigError(f"unknown lab {name!r}; available: {', '.join(lab_names())}")
+    target = _OPTIONS_OF.get(name, _LABS[name])
+    summary = (inspect.getdoc(target) or "").split("\n\n")[0].replace("\n", " ").replace("``", "`")
+    options = describe_options(target)
+    if target is not _LABS[name] and not any(o[0] == "imperfection_scale" for o in options):
+        options.append(("imperfection_scale", "1", []))
+    return summary, options
 
 
 def make_lab(name: str, **options: Any) -> PhysicalSystem:
