@@ -271,8 +271,9 @@ def labs(
     typer.echo("options (lab.options in a config, make_lab keyword arguments) = default:")
     for opt, default, fields in options:
         typer.echo(f"  {opt} = {default}")
-        if fields:
-            typer.echo(f"    fields ({'None: these defaults' if default == 'None' else 'of the mapping'}): "
+        if fields:  # None means the fields' defaults unless a field has none (then the lab chooses: its docs)
+            plain = default == "None" and all(v != "(required)" for _, v in fields)
+            typer.echo(f"    fields ({'None: these defaults' if plain else 'a mapping of'}): "
                        + ", ".join(f"{f}={v}" for f, v in fields))
 
 

@@ -117,6 +117,14 @@ def _shown_default(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+def _field_default(f: dataclasses.Field) -> str:  # type: ignore[type-arg]
+    if f.default is not dataclasses.MISSING:
+        return _shown_default(f.default)
+    if f.default_factory is not dataclasses.MISSING:
+        return _shown_default(f.default_factory())
+    return "(required)"
+
+
 def describe_options(target: Callable[..., Any]) -> list[tuple[str, str, list[tuple[str, str]]]]:
     """``target``'s keyword options as (name, default as text, fields): ``fields`` lists (field, default) of the
     dataclass the option takes (its defaults are what ``None`` means), else empty. For ``pnnkit labs NAME``."""
@@ -131,12 +139,7 @@ def describe_options(target: Callable[..., Any]) -> list[tuple[str, str, list[tu
             continue
         default = "(required)" if p.default is inspect.Parameter.empty else _shown_default(p.default)
         cls = next((c for c in _parts(hints.get(p.name)) if dataclasses.is_dataclass(c)), None)
-        fields = []
-        if cls is not None:
-            for f in dataclasses.fields(cls):
-                v = f.default if f.default is not dataclasses.MISSING else (
-                    f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
-                fields.append((f.name, v if isinstance(v, str) and v == "(required)" else _shown_default(v)))
+        fields = [(f.name, _field_default(f)) for f in dataclasses.fields(cls)] if cls is not None else []
         out.append((p.name, default, fields))
     return out
 
