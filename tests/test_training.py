@@ -334,6 +334,52 @@ def test_resume_with_epoch_refits_matches_uninterrupted_run(tmp_path):
     assert [r["epoch"] for r in resumed.readout_refits_epoch] == [1, 2, 3]
 
 
+def test_a_stop_in_an_epochs_readout_refit_keeps_its_training(tmp_path, monkeypatch):
+    """Ctrl-C in the refit after epoch 2 (``refit_readout_every``): the resumed run refits from the features that
+    epoch measured, kept in the checkpoint, and does not train epoch 2 again."""
+    import pnnkit.training as tr
+    from pnnkit.checkpoint import load_checkpoint
+
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.02, monitor_physical=False, progress=False, refit_readout_every=1,
+                      refit_every_max_iter=20, readout_lr=0.0, refit_l2=0.0)
+    task, model = _setup()
+    full = Trainer(model, task, "pat", cfg, tmp_path / "full")
+    full.train()
+    want = {k: v.clone() for k, v in model.state_dict().items()}
+
+    task, model = _setup()
+    cut = Trainer(model, task, "pat", cfg, tmp_path / "cut")
+    fit = tr.fit_readout
+
+    def stopped(readout, feats, labels, *a):  # Ctrl-C part-way through the refit after epoch 2
+        if cut.epoch == 1:
+            fit(readout, feats, labels, 0.0, 3)  # the readout in memory has moved: the checkpoint must not have
+            raise KeyboardInterrupt
+        return fit(readout, feats, labels, *a)
+
+    monkeypatch.setattr(tr, "fit_readout", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        cut.train()
+    monkeypatch.setattr(tr, "fit_readout", fit)
+    pending = load_checkpoint(cut.checkpoint_path)["pending_refit"]
+    assert pending["features"].shape == (256, 8) and torch.equal(pending["labels"].sort().values,
+                                                                 task.y_train.sort().values)
+    task, model = _setup()
+    resumed = Trainer(model, task, "pat", cfg, tmp_path / "cut")
+    resumed.train(resume=True)
+    assert model[1].system.queries == 2 * 256  # epoch 3 only (2 layers per sample): epoch 2 was not trained again
+    for k in want:
+        assert torch.equal(model.state_dict()[k], want[k]), k
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in full.readout_refits_epoch]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.readout_refits_epoch] == strip
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in full.history]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.history] == strip
+    assert resumed.train_queries == full.train_queries
+    assert load_checkpoint(resumed.checkpoint_path)["pending_refit"] is None  # the features leave with the refit
+    with open(tmp_path / "cut" / "log.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
+
+
 def test_readout_lr_zero_leaves_the_readout_to_the_refits():
     task, model = _setup()
     start = {k: v.clone() for k, v in model.state_dict().items()}

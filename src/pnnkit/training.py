@@ -460,6 +460,8 @@ class Trainer:
         self.final: dict[str, Any] | None = None  # the final evaluation, as read back from a checkpoint on resume
         # an epoch trained and checkpointed whose test-set measurement (and log row) is still to come
         self.unmonitored: dict[str, Any] | None = None
+        # an epoch trained but not yet refitted (refit_readout_every): its loss, correct count, measured features
+        self.pending_refit: dict[str, Any] | None = None
 
     # --- checkpoints ----------------------------------------------------------------------------------------
     @property
@@ -484,6 +486,7 @@ class Trainer:
             "config": asdict(self.cfg),
             "final": self.final,
             "unmonitored_epoch": self.unmonitored,
+            "pending_refit": self.pending_refit,
         }
 
     def load_state(self, st: dict[str, Any]) -> None:
@@ -511,6 +514,7 @@ class Trainer:
         self.readout_refits_epoch = list(st.get("readout_refits_epoch") or [])
         self.final = st.get("final")
         self.unmonitored = st.get("unmonitored_epoch")
+        self.pending_refit = st.get("pending_refit")
 
     # --- loop ----------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
@@ -568,8 +572,46 @@ class Trainer:
             if self.checkpoint_path:
                 save_checkpoint(self.state(), self.checkpoint_path)
 
+        def epoch_refit(feats: Tensor, labels: Tensor) -> None:
+            """The per-epoch readout refit (``refit_readout_every``) on the features the epoch just measured."""
+            t1 = time.perf_counter()
+            info = fit_readout(split_readout(model)[1], feats, labels, cfg.refit_l2, cfg.refit_every_max_iter)
+            info["seconds"] = time.perf_counter() - t1
+            self.readout_refits_epoch.append({"epoch": self.epoch + 1, **info})
+            if writer:
+                writer.add_scalar(f"{self.mode}/refit_epoch_train_accuracy", info["train_accuracy_after"],
+                                  self.epoch + 1)
+
+        def close_epoch(tot_loss: float, tot_correct: int) -> None:
+            """The trained epoch's log row, its twin accuracy, the checkpoint and the monitoring pass."""
+            self.pending_refit = None
+            self.epoch += 1
+            row: dict[str, Any] = {
+                "epoch": self.epoch,
+                "train_loss": tot_loss / n,
+                "train_accuracy": tot_correct / n,
+                "physical_queries": self.train_queries,
+                "seconds": self.train_seconds,
+            }
+            if self.mode == "in_silico":
+                row["test_accuracy_twin"] = accuracy(model, task.x_test, task.y_test, "in_silico")
+            if self.checkpoint_path and self._monitored():
+                # the epoch's training is on disk before the test set is measured: a stop in that pass loses
+                # none of it (resume measures the test set from this state, as the uninterrupted run did)
+                self.unmonitored = row
+                save_checkpoint(self.state(), self.checkpoint_path)
+            finish_epoch(row)
+
         try:
             logs = self._attach_device_logs(fresh=self.epoch == 0)
+            if self.pending_refit is not None:  # resumed after a stop in that epoch's readout refit: refit now
+                p = self.pending_refit
+                t0 = time.perf_counter()
+                # fresh (aligned) copies: a tensor read from the checkpoint file can sit at any offset, and CPU
+                # kernels round differently on unaligned data; the refit then matches the uninterrupted run's bits
+                epoch_refit(p["features"].clone(), p["labels"].clone())
+                self.train_seconds += time.perf_counter() - t0
+                close_epoch(p["train_loss"], p["train_correct"])
             if self.unmonitored is not None:  # resumed after a stop in that epoch's monitoring: measure it now
                 finish_epoch(self.unmonitored)
             if self.epoch < end:  # data-dependent init of rescales not yet initialised (a no-op for most networks)
@@ -618,31 +660,17 @@ class Trainer:
                         bar.update(1)
                 self.train_queries += _queries(model) - q0
                 if recorder is not None:
-                    t1 = time.perf_counter()
                     feats, labels = recorder.close()
-                    info = fit_readout(split_readout(model)[1], feats, labels, cfg.refit_l2, cfg.refit_every_max_iter)
-                    info["seconds"] = time.perf_counter() - t1
-                    self.readout_refits_epoch.append({"epoch": self.epoch + 1, **info})
-                    if writer:
-                        writer.add_scalar(f"{self.mode}/refit_epoch_train_accuracy", info["train_accuracy_after"],
-                                          self.epoch + 1)
+                    if self.checkpoint_path:  # the trained epoch and what it measured, on disk before the refit:
+                        # a stop in the refit loses none of it (resume refits from them)
+                        self.train_seconds += time.perf_counter() - t0
+                        t0 = time.perf_counter()
+                        self.pending_refit = {"train_loss": tot_loss, "train_correct": tot_correct,
+                                              "features": feats, "labels": labels}
+                        save_checkpoint(self.state(), self.checkpoint_path)
+                    epoch_refit(feats, labels)
                 self.train_seconds += time.perf_counter() - t0
-                self.epoch += 1
-                row: dict[str, Any] = {
-                    "epoch": self.epoch,
-                    "train_loss": tot_loss / n,
-                    "train_accuracy": tot_correct / n,
-                    "physical_queries": self.train_queries,
-                    "seconds": self.train_seconds,
-                }
-                if self.mode == "in_silico":
-                    row["test_accuracy_twin"] = accuracy(model, task.x_test, task.y_test, "in_silico")
-                if self.checkpoint_path and self._monitored():
-                    # the epoch's training is on disk before the test set is measured: a stop in that pass loses
-                    # none of it (resume measures the test set from this state, as the uninterrupted run did)
-                    self.unmonitored = row
-                    save_checkpoint(self.state(), self.checkpoint_path)
-                finish_epoch(row)
+                close_epoch(tot_loss, tot_correct)
             if cfg.refit_readout and self.epoch == cfg.epochs and self.readout_refit is None:
                 if self.checkpoint_path:  # the network as trained, before the end refit replaces its readout
                     save_checkpoint(self.state(), self.checkpoint_path.with_name(PRE_REFIT_CHECKPOINT))
