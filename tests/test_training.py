@@ -55,17 +55,35 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, init, augmen
     assert (tmp_path / "cut" / "tb").is_dir()
 
 
-def test_a_stop_in_an_epochs_monitoring_pass_keeps_its_training(tmp_path, monkeypatch):
-    import pnnkit.training as tr
-
-    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.02, seed=0, monitor_physical=True, progress=False)
+def _uninterrupted_and_cut(tmp_path, cfg):
+    """A PAT run trained to the end (its trainer and weights), and a fresh network's trainer for the run to cut."""
     task, model = _setup()
     full = Trainer(model, task, "pat", cfg, tmp_path / "full")
     full.train()
     want = {k: v.clone() for k, v in model.state_dict().items()}
-
     task, model = _setup()
-    cut = Trainer(model, task, "pat", cfg, tmp_path / "cut")
+    return full, want, Trainer(model, task, "pat", cfg, tmp_path / "cut")
+
+
+def _without_seconds(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def _assert_resumed_as_uninterrupted(resumed, full, want, cut_dir):
+    """Weights bit for bit, history and query counts as the uninterrupted run's; log.csv with every epoch once."""
+    for k in want:
+        assert torch.equal(resumed.model.state_dict()[k], want[k]), k
+    assert _without_seconds(resumed.history) == _without_seconds(full.history)
+    assert (resumed.train_queries, resumed.eval_queries) == (full.train_queries, full.eval_queries)
+    with open(cut_dir / "log.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == [str(e) for e in range(1, full.epoch + 1)]
+
+
+def test_a_stop_in_an_epochs_monitoring_pass_keeps_its_training(tmp_path, monkeypatch):
+    import pnnkit.training as tr
+
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.02, seed=0, monitor_physical=True, progress=False)
+    full, want, cut = _uninterrupted_and_cut(tmp_path, cfg)
     measure = tr.accuracy
 
     def stopped(m, x, y, mode, *a, **k):  # Ctrl-C while epoch 2's test set is being measured
@@ -82,13 +100,7 @@ def test_a_stop_in_an_epochs_monitoring_pass_keeps_its_training(tmp_path, monkey
     resumed.train(resume=True)
     # this process measured epoch 2's test set and epoch 3, not epoch 2's training again (2 layers per sample)
     assert model[1].system.queries == 2 * (64 + 256 + 64)
-    for k in want:
-        assert torch.equal(model.state_dict()[k], want[k]), k
-    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in full.history]
-    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.history] == strip
-    assert (resumed.train_queries, resumed.eval_queries) == (full.train_queries, full.eval_queries)
-    with open(tmp_path / "cut" / "log.csv") as f:
-        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
+    _assert_resumed_as_uninterrupted(resumed, full, want, tmp_path / "cut")
 
 
 def test_result_reports_physical_and_twin_accuracy(tmp_path):
@@ -318,19 +330,13 @@ def test_readout_refit_every_epoch_in_silico_fits_the_twins_features(monkeypatch
 def test_resume_with_epoch_refits_matches_uninterrupted_run(tmp_path):
     cfg = TrainConfig(epochs=3, batch_size=64, lr=0.02, monitor_physical=False, progress=False, refit_readout_every=1,
                       refit_every_max_iter=20, readout_lr=0.0, refit_l2=0.0)
-    task, model = _setup()
-    full = Trainer(model, task, "pat", cfg, tmp_path / "full")
-    full.train()
-    want = {k: v.clone() for k, v in model.state_dict().items()}
-    task, model = _setup()
-    Trainer(model, task, "pat", cfg, tmp_path / "cut").train(stop_after=2)
+    full, want, cut = _uninterrupted_and_cut(tmp_path, cfg)
+    cut.train(stop_after=2)
     task, model = _setup()
     resumed = Trainer(model, task, "pat", cfg, tmp_path / "cut")
     resumed.train(resume=True)
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, want[k]), k
-    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in full.readout_refits_epoch]
-    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.readout_refits_epoch] == strip
+    _assert_resumed_as_uninterrupted(resumed, full, want, tmp_path / "cut")
+    assert _without_seconds(resumed.readout_refits_epoch) == _without_seconds(full.readout_refits_epoch)
     assert [r["epoch"] for r in resumed.readout_refits_epoch] == [1, 2, 3]
 
 
@@ -342,13 +348,7 @@ def test_a_stop_in_an_epochs_readout_refit_keeps_its_training(tmp_path, monkeypa
 
     cfg = TrainConfig(epochs=3, batch_size=64, lr=0.02, monitor_physical=False, progress=False, refit_readout_every=1,
                       refit_every_max_iter=20, readout_lr=0.0, refit_l2=0.0)
-    task, model = _setup()
-    full = Trainer(model, task, "pat", cfg, tmp_path / "full")
-    full.train()
-    want = {k: v.clone() for k, v in model.state_dict().items()}
-
-    task, model = _setup()
-    cut = Trainer(model, task, "pat", cfg, tmp_path / "cut")
+    full, want, cut = _uninterrupted_and_cut(tmp_path, cfg)
     fit = tr.fit_readout
 
     def stopped(readout, feats, labels, *a):  # Ctrl-C part-way through the refit after epoch 2
@@ -363,21 +363,14 @@ def test_a_stop_in_an_epochs_readout_refit_keeps_its_training(tmp_path, monkeypa
     monkeypatch.setattr(tr, "fit_readout", fit)
     pending = load_checkpoint(cut.checkpoint_path)["pending_refit"]
     assert pending["features"].shape == (256, 8) and torch.equal(pending["labels"].sort().values,
-                                                                 task.y_train.sort().values)
+                                                                 cut.task.y_train.sort().values)
     task, model = _setup()
     resumed = Trainer(model, task, "pat", cfg, tmp_path / "cut")
     resumed.train(resume=True)
     assert model[1].system.queries == 2 * 256  # epoch 3 only (2 layers per sample): epoch 2 was not trained again
-    for k in want:
-        assert torch.equal(model.state_dict()[k], want[k]), k
-    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in full.readout_refits_epoch]
-    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.readout_refits_epoch] == strip
-    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in full.history]
-    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.history] == strip
-    assert resumed.train_queries == full.train_queries
+    _assert_resumed_as_uninterrupted(resumed, full, want, tmp_path / "cut")
+    assert _without_seconds(resumed.readout_refits_epoch) == _without_seconds(full.readout_refits_epoch)
     assert load_checkpoint(resumed.checkpoint_path)["pending_refit"] is None  # the features leave with the refit
-    with open(tmp_path / "cut" / "log.csv") as f:
-        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
 
 
 def test_readout_lr_zero_leaves_the_readout_to_the_refits():

@@ -100,28 +100,30 @@ def lab_names() -> list[str]:
     return sorted(set(_LABS) | set(_LAB_MODULES))
 
 
-def lab_description(name: str) -> tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]:
-    """Lab ``name``'s one-line summary and its options with their defaults (:func:`pnnkit.options.describe_options`;
-    ``imperfections`` and ``imperfection_scale`` included for every lab that takes them)."""
+def _registered(name: str) -> Callable[..., PhysicalSystem]:
+    """Lab ``name``'s factory, its module imported on first use; an unknown name is a one-line ConfigError."""
     if name not in _LABS and name in _LAB_MODULES:
         importlib.import_module(_LAB_MODULES[name])
     if name not in _LABS:
         raise ConfigError(f"unknown lab {name!r}; available: {', '.join(lab_names())}")
-    target = _OPTIONS_OF.get(name, _LABS[name])
+    return _LABS[name]
+
+
+def lab_description(name: str) -> tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]:
+    """Lab ``name``'s one-line summary and its options with their defaults (:func:`pnnkit.options.describe_options`;
+    ``imperfections`` and ``imperfection_scale`` included for every lab that takes them)."""
+    factory = _registered(name)
+    target = _OPTIONS_OF.get(name, factory)
     summary = (inspect.getdoc(target) or "").split("\n\n")[0].replace("\n", " ").replace("``", "`")
     options = describe_options(target)
-    if target is not _LABS[name] and not any(o[0] == "imperfection_scale" for o in options):
+    if target is not factory and not any(o[0] == "imperfection_scale" for o in options):
         options.append(("imperfection_scale", "1", []))
     return summary, options
 
 
 def make_lab(name: str, **options: Any) -> PhysicalSystem:
     """Build lab ``name`` with ``options`` (constructor keyword arguments)."""
-    if name not in _LABS and name in _LAB_MODULES:
-        importlib.import_module(_LAB_MODULES[name])
-    if name not in _LABS:
-        raise ConfigError(f"unknown lab {name!r}; available: {', '.join(lab_names())}")
-    factory = _LABS[name]
+    factory = _registered(name)
     accepted = option_names(_OPTIONS_OF.get(name, factory))
     if accepted is not None and _OPTIONS_OF.get(name, factory) is not factory:
         accepted |= {"imperfections", "imperfection_scale"}
