@@ -25,6 +25,25 @@ def test_interleaved_pool_gives_every_group_features_from_the_whole_record():
     assert torch.allclose(cons(torch.arange(6.0)[None]), torch.tensor([[0.5, 2.5, 4.5]]))  # default: consecutive
 
 
+def test_repeat_then_rescale_and_interleaved_pool_gives_each_feature_two_weighted_groups():
+    cfg = NetworkConfig(depth=0, head=[{"type": "repeat", "times": 2}, {"type": "rescale"},
+                                       {"type": "pool", "out": 3, "order": "interleaved"}])
+    net = build_network(cfg, 5, 3, None, None)
+    assert count_digital_parameters(net) == 2 * (2 * 5)  # a scale and a bias per copy
+    x = torch.arange(10.0).reshape(2, 5)
+    assert torch.equal(net[0](x), torch.cat([x, x], 1))  # copy m of feature i at m·n + i
+    # which groups each input feature reaches: copy 0 of feature i → group i mod 3, copy 1 → (5 + i) mod 3
+    jac = torch.autograd.functional.jacobian(lambda v: net(v[None])[0], torch.ones(5))  # (groups, features)
+    reach = [set(torch.nonzero(jac[:, i]).flatten().tolist()) for i in range(5)]
+    assert reach == [{0, 2}, {1, 0}, {2, 1}, {0, 2}, {1, 0}]
+    with torch.no_grad():  # the two copies carry separate weights: a weight on copy 1 moves only its group
+        net[1].scale[5 + 1] = 3.0
+    jac2 = torch.autograd.functional.jacobian(lambda v: net(v[None])[0], torch.ones(5))
+    assert torch.equal(jac2[1, 1], jac[1, 1]) and not torch.equal(jac2[0, 1], jac[0, 1])
+    with pytest.raises(ValidationError, match="times"):
+        NetworkConfig(depth=0, head=[{"type": "repeat", "times": 1}])
+
+
 def test_parallel_split_channels_have_their_own_theta_and_see_their_own_chunk():
     lab = make_lab("oscillators", n=4, ideal=True)
     cfg = NetworkConfig(depth=1, layer=[{"type": "parallel", "channels": 3}, {"type": "rescale"}],

@@ -4,7 +4,7 @@ Public API (``__all__``; everything else is internal):
   systems   :class:`PhysicalSystem`, :class:`FunctionSystem`, :class:`SystemSpec`, :class:`ParamSpec`,
             :func:`clamp_to_range`, :func:`inner_bounds`
   layers    :class:`PhysicalLayer`, :class:`ParallelPhysical`, :class:`ElementwiseRescale`, :class:`Slice`,
-            :class:`Pool`, :func:`set_mode`, :func:`using_mode`, :func:`project_parameters`,
+            :class:`Pool`, :class:`Repeat`, :func:`set_mode`, :func:`using_mode`, :func:`project_parameters`,
             :func:`physical_layers`, :func:`pat_forward`, :func:`twin_vjp`, :func:`init_from_data`, ``MODES``
   twins     :class:`DigitalTwin`, :class:`MLPTwin`, :class:`FitReport`, :func:`fit_twin`, :func:`evaluate_twin`,
             :func:`register_twin`, :class:`MeasurementSet`, :class:`MeasurementLog`, :func:`acquire`
@@ -25,6 +25,7 @@ from .layers import (
     ParallelPhysical,
     PhysicalLayer,
     Pool,
+    Repeat,
     init_from_data,
     Slice,
     physical_layers,
@@ -45,7 +46,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError", "DataError", "DeviceError", "DivergenceError", "PnnkitError", "RangeError", "ShapeError", "TwinError",
     "lab_names", "make_lab",
-    "MODES", "ElementwiseRescale", "ParallelPhysical", "PhysicalLayer", "Pool", "Slice", "init_from_data",
+    "MODES", "ElementwiseRescale", "ParallelPhysical", "PhysicalLayer", "Pool", "Repeat", "Slice", "init_from_data",
     "physical_layers", "project_parameters", "set_mode", "using_mode",
     "MeasurementLog", "MeasurementSet", "acquire", "pat_forward", "twin_vjp",
     "ParamSpec", "SystemSpec", "FunctionSystem", "PhysicalSystem", "clamp_to_range", "inner_bounds",

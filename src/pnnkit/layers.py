@@ -331,6 +331,30 @@ class Pool(nn.Module):
         return f"out={self.out}" + (", order='interleaved'" if self.order == "interleaved" else "")
 
 
+class Repeat(nn.Module):
+    """The features tiled ``times`` times: ``(batch, n) → (batch, times · n)``, copy ``m`` of feature ``i`` at
+    ``m · n + i`` (no parameters).
+
+    Followed by an elementwise rescale and an interleaved :class:`Pool`, each feature then feeds ``times`` groups
+    (copy ``m`` of feature ``i`` goes to group ``(m · n + i) mod out``), with its own weight in each: a sparse
+    linear readout with ``times`` weights per feature.
+    """
+
+    def __init__(self, times: int) -> None:
+        super().__init__()
+        self.times = int(times)
+        if self.times < 1:
+            raise ConfigError(f"repeat needs times ≥ 1, got {times}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 2:
+            raise ShapeError(f"repeat: expected input (batch, features), got {tuple(x.shape)}")
+        return x.repeat(1, self.times)
+
+    def extra_repr(self) -> str:
+        return f"times={self.times}"
+
+
 class ParallelPhysical(nn.Module):
     """``len(layers)`` physical layers side by side: split (chunks of the input) or shared input; outputs
     concatenated. See :class:`ParallelBlock`."""

@@ -10,7 +10,7 @@ from pydantic import Field
 from torch import nn
 
 from .errors import ConfigError
-from .layers import ElementwiseRescale, ParallelPhysical, PhysicalLayer, PixelViews, Pool, Slice
+from .layers import ElementwiseRescale, ParallelPhysical, PhysicalLayer, PixelViews, Pool, Repeat, Slice
 from .options import StrictModel
 from .pat import Twin
 from .system import PhysicalSystem
@@ -89,6 +89,18 @@ class PoolBlock(StrictModel):
     order: Literal["consecutive", "interleaved"] = "consecutive"
 
 
+class RepeatBlock(StrictModel):
+    """The incoming features tiled ``times`` times (no parameters): width ``times × n``.
+
+    ``[repeat, rescale, pool (interleaved)]`` makes each feature feed ``times`` groups with its own weight in each
+    (copy ``m`` of feature ``i`` goes to group ``(m·n + i) mod out``): a sparse linear readout with ``times``
+    weights per feature instead of one.
+    """
+
+    type: Literal["repeat"]
+    times: int = Field(ge=2)
+
+
 class ViewsBlock(StrictModel):
     """The incoming square image's pixels in several playback orders, concatenated (no parameters).
 
@@ -112,7 +124,7 @@ class ActivationBlock(StrictModel):
 
 
 Block = Annotated[
-    Union[PhysicalBlock, ParallelBlock, RescaleBlock, LinearBlock, SliceBlock, PoolBlock, ViewsBlock,
+    Union[PhysicalBlock, ParallelBlock, RescaleBlock, LinearBlock, SliceBlock, PoolBlock, ViewsBlock, RepeatBlock,
           ActivationBlock],
     Field(discriminator="type"),
 ]
@@ -188,6 +200,9 @@ def build_network(
                 raise ConfigError(f"network block {i} (pool): cannot pool width {width} into {b.out} groups")
             mods.append(Pool(b.out, order=b.order))
             width = b.out
+        elif isinstance(b, RepeatBlock):
+            mods.append(Repeat(b.times))
+            width = b.times * width
         elif isinstance(b, ViewsBlock):
             side = math.isqrt(width)
             if side * side != width:
