@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 import torch
 
-from pnnkit import ConfigError, make_lab
+from pnnkit import ConfigError, Repeat, ShapeError, make_lab
 from pnnkit.config import validate_config
 from pnnkit.experiments import _without_physical
 from pnnkit.layers import PhysicalLayer, physical_layers, set_mode
@@ -42,6 +42,10 @@ def test_repeat_then_rescale_and_interleaved_pool_gives_each_feature_two_weighte
     assert torch.equal(jac2[1, 1], jac[1, 1]) and not torch.equal(jac2[0, 1], jac[0, 1])
     with pytest.raises(ValidationError, match="times"):
         NetworkConfig(depth=0, head=[{"type": "repeat", "times": 1}])
+    with pytest.raises(ConfigError, match="repeat needs times ≥ 1, got 0"):
+        Repeat(0)
+    with pytest.raises(ShapeError, match=r"repeat: expected input \(batch, features\), got \(5,\)"):
+        net[0](torch.ones(5))
 
 
 def test_parallel_split_channels_have_their_own_theta_and_see_their_own_chunk():
