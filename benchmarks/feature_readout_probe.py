@@ -9,13 +9,14 @@ the same probe on the raw task features. A probe far above the network means its
 features, limits it. Diagnostic only: the probe is a digital dense layer, which the paper-style PNN does not have.
 
 ``--refit`` also refits the network's own readout (the digital blocks after the last physical layer, one weight per
-bin pooled into classes: :func:`pnnkit.training.refit_readout`, L-BFGS, ``--l2``) on the twin's features, and with
-``--lab`` on features measured on the run's lab (its ``config.json`` lab; device queries: every training and
-evaluation sample through every channel once, ngspice with ``--workers``), and prints each refit's accuracy on the
-twin's and (with ``--lab``) the lab's evaluation features; with ``--lab`` it also counts the bins whose measured
-values do not follow the twin's (correlation < 0.9 over the training images). ``--initial`` uses the network at
-its initial θ (the rescales initialised from data as in training) instead of the checkpoint: what a readout gets
-from the untrained physical layer.
+bin pooled into classes in the paper-style configs, two with a ``repeat`` block:
+:func:`pnnkit.training.refit_readout`, L-BFGS, ``--l2``) on the twin's features, and with ``--lab`` on features
+measured on the run's lab (its ``config.json`` lab; device queries: every training and evaluation sample through every
+channel once, ngspice with ``--workers``), and prints each refit's accuracy on the twin's and (with ``--lab``) the
+lab's evaluation features; with ``--lab`` it also counts the bins whose measured values do not follow the twin's
+(correlation < 0.9 over the training images). ``--initial`` uses the network at its initial θ (the rescales
+initialised from data as in training) instead of the checkpoint: what a readout gets from the untrained physical
+layer.
 
 Two more readout experiments on the same features, with ``--refit``:
 ``--ridge 1e-6,1e-5`` fits the readout's own sparsity pattern (feature j feeds the classes its Jacobian reaches: one
