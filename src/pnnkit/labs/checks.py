@@ -7,8 +7,10 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..config import SEED_LIMIT
@@ -59,3 +61,68 @@ def float_dtype(lab: str, value: Any) -> torch.dtype:
     if dtype is None:
         raise ConfigError(f"{lab}: dtype must be float32 or float64, got {value!r}")
     return dtype
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """The values an option may take: a real or integer number between ``lo`` and ``hi`` (None: unbounded), each
+    end open or closed (reals must also be finite), or a flag (``kind="bool"``). A declarative alternative to
+    :func:`check`'s (words, test) rule: the words come from the bounds (:meth:`text`). Used by the circuit lab."""
+
+    lo: float = 0.0
+    hi: float | None = None
+    lo_open: bool = True
+    hi_open: bool = False
+    unit: str = ""
+    kind: str = "real"  # "real" | "int" | "bool"
+    none: str = ""  # if set, None is allowed too and means this
+
+    def text(self) -> str:
+        if self.kind == "bool":
+            return "true or false"
+        what = "an integer" if self.kind == "int" else "a finite number" if self.hi is None else "a number"
+        lo, hi = (f"{b:g}" if isinstance(b, float) else str(b) for b in (self.lo, self.hi))
+        if self.hi is None:
+            text = f"{what} {'>' if self.lo_open else '≥'} {lo}{self.unit}"
+        else:
+            text = f"{what} in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}{self.unit}"
+        return text + (f" or None ({self.none})" if self.none else "")
+
+    def admits(self, v: Any) -> bool:
+        if v is None:
+            return bool(self.none)
+        if self.kind == "bool":
+            return isinstance(v, (bool, np.bool_))
+        number = numbers.Integral if self.kind == "int" else numbers.Real
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, number):
+            return False
+        if not isinstance(v, numbers.Integral) and not math.isfinite(v):
+            return False
+        above = v > self.lo if self.lo_open else v >= self.lo
+        below = self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+        return above and below
+
+    def check(self, lab: str, option: str, v: Any) -> None:
+        """Nothing if :meth:`admits` ``v``; otherwise the one-line refusal naming ``lab`` and ``option``."""
+        if not self.admits(v):
+            raise refusal(lab, option, v, self.text())
+
+
+def shown(v: Any) -> str:
+    """A value as a message shows it (numbers plainly, to 12 digits; anything else as its repr)."""
+    if isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)):
+        return str(int(v))
+    if isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)):
+        return f"{float(v):.12g}"
+    return repr(v)
+
+
+def refusal(lab: str, option: str, value: Any, allowed: str) -> ConfigError:
+    """``"<lab>: <option> must be <allowed>, got <value>"`` as a :class:`ConfigError` (the value as :func:`shown`)."""
+    return ConfigError(f"{lab}: {option} must be {allowed}, got {shown(value)}")
+
+
+def check_allowed_fields(lab: str, obj: Any, option: str, rules: dict[str, Allowed]) -> None:
+    """Each field of the dataclass ``obj`` (the lab's option ``option``) against its :class:`Allowed` rule."""
+    for name, rule in rules.items():
+        rule.check(lab, f"{option}.{name}", getattr(obj, name))

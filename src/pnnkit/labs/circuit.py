@@ -34,7 +34,6 @@ from __future__ import annotations
 import bisect
 import functools
 import math
-import numbers
 import os
 import re
 import shutil
@@ -54,7 +53,7 @@ from ..errors import ConfigError, DeviceError
 from ..spec import ParamSpec, SystemSpec
 from ..system import Params
 from . import VirtualLab, dataclass_of, register_lab, resolve_imperfections
-from .checks import MAX_BITS, float_dtype
+from .checks import MAX_BITS, Allowed, check_allowed_fields, float_dtype, refusal
 from ..twins import DigitalTwin, register_twin
 
 K_BOLTZMANN = 1.380649e-23  # J/K (exact, SI 2019)
@@ -83,76 +82,17 @@ Q2N3904_CARD: dict[str, float] = {
 # ----------------------------------------------------------------------------------------------------------
 # option checks: every refusal is one line, "circuit: <option> must be <allowed>, got <value>"
 # ----------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Allowed:
-    """The values an option may take: a real or integer number between ``lo`` and ``hi`` (None: unbounded), each
-    end open or closed (reals must also be finite), or a flag (``kind="bool"``)."""
+_refusal = functools.partial(refusal, "circuit")
+_check_fields = functools.partial(check_allowed_fields, "circuit")
 
-    lo: float = 0.0
-    hi: float | None = None
-    lo_open: bool = True
-    hi_open: bool = False
-    unit: str = ""
-    kind: str = "real"  # "real" | "int" | "bool"
-    none: str = ""  # if set, None is allowed too and means this
-
-    def text(self) -> str:
-        if self.kind == "bool":
-            return "true or false"
-        what = "an integer" if self.kind == "int" else "a finite number" if self.hi is None else "a number"
-        lo, hi = (f"{b:g}" if isinstance(b, float) else str(b) for b in (self.lo, self.hi))
-        if self.hi is None:
-            text = f"{what} {'>' if self.lo_open else '≥'} {lo}{self.unit}"
-        else:
-            text = f"{what} in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}{self.unit}"
-        return text + (f" or None ({self.none})" if self.none else "")
-
-    def admits(self, v: Any) -> bool:
-        if v is None:
-            return bool(self.none)
-        if self.kind == "bool":
-            return isinstance(v, (bool, np.bool_))
-        number = numbers.Integral if self.kind == "int" else numbers.Real
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, number):
-            return False
-        if not isinstance(v, numbers.Integral) and not math.isfinite(v):
-            return False
-        above = v > self.lo if self.lo_open else v >= self.lo
-        below = self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
-        return above and below
-
-    def check(self, option: str, v: Any) -> None:
-        if not self.admits(v):
-            raise _refusal(option, v, self.text())
-
-
-def _shown(v: Any) -> str:
-    """A value as a message shows it (numbers plainly, to 12 digits; anything else as its repr)."""
-    if isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)):
-        return str(int(v))
-    if isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)):
-        return f"{float(v):.12g}"
-    return repr(v)
-
-
-def _refusal(option: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"circuit: {option} must be {allowed}, got {_shown(value)}")
-
-
-def _check_fields(obj: Any, option: str, rules: dict[str, _Allowed]) -> None:
-    """Each field of the dataclass ``obj`` (the lab's option ``option``) against its rule."""
-    for name, rule in rules.items():
-        rule.check(f"{option}.{name}", getattr(obj, name))
-
-
-_POSITIVE_V = _Allowed(unit=" V")
-_NOISE_V = _Allowed(lo_open=False, unit=" V")
-_TOLERANCE = _Allowed(lo_open=False, hi=1.0, hi_open=True)  # uniform ±tol: the part's value stays > 0
-_SPREAD = _Allowed(lo_open=False, hi=2.0)  # log-normal σ: 2 is a factor e² ≈ 7.4 per σ, beyond any real parts
-_BITS = _Allowed(lo_open=False, hi=MAX_BITS, kind="int")  # 0 = no quantisation
-_FLAG = _Allowed(kind="bool")
-_COUNT = _Allowed(lo=1, lo_open=False, kind="int")
-_SEED = _Allowed(lo_open=False, hi=SEED_LIMIT, hi_open=True, kind="int")
+_POSITIVE_V = Allowed(unit=" V")
+_NOISE_V = Allowed(lo_open=False, unit=" V")
+_TOLERANCE = Allowed(lo_open=False, hi=1.0, hi_open=True)  # uniform ±tol: the part's value stays > 0
+_SPREAD = Allowed(lo_open=False, hi=2.0)  # log-normal σ: 2 is a factor e² ≈ 7.4 per σ, beyond any real parts
+_BITS = Allowed(lo_open=False, hi=MAX_BITS, kind="int")  # 0 = no quantisation
+_FLAG = Allowed(kind="bool")
+_COUNT = Allowed(lo=1, lo_open=False, kind="int")
+_SEED = Allowed(lo_open=False, hi=SEED_LIMIT, hi_open=True, kind="int")
 _float_dtype = functools.partial(float_dtype, "circuit")
 
 
@@ -190,7 +130,7 @@ class CircuitComponents:
     def __post_init__(self) -> None:
         """Every value a finite number > 0 in its unit."""
         units = {"vcc": " V", "r1": " Ω", "rb": " Ω", "cb": " F", "rc": " Ω", "rl": " Ω", "l": " H", "ct": " F"}
-        _check_fields(self, "components", {k: _Allowed(unit=u) for k, u in units.items()})
+        _check_fields(self, "components", {k: Allowed(unit=u) for k, u in units.items()})
 
 
 @dataclass(frozen=True)
@@ -210,8 +150,8 @@ class CircuitTiming:
     def __post_init__(self) -> None:
         """Finite positive times and rate; a segment is a whole number of ADC periods and the slew lies within one
         (so the drive's knots are in order and every ADC sample falls on a level or the end of a slew)."""
-        _check_fields(self, "timing", {"t_segment": _Allowed(unit=" s"), "t_rise": _Allowed(unit=" s"),
-                                       "adc_rate": _Allowed(unit=" S/s")})
+        _check_fields(self, "timing", {"t_segment": Allowed(unit=" s"), "t_rise": Allowed(unit=" s"),
+                                       "adc_rate": Allowed(unit=" S/s")})
         per = self.t_segment * self.adc_rate
         if abs(per - round(per)) > 1e-9 or round(per) < 1:
             raise _refusal("timing.t_segment", self.t_segment,
@@ -273,7 +213,7 @@ class CircuitImperfections:
         "resistor_tolerance", "capacitor_tolerance", "inductor_tolerance", "supply_tolerance", "beta_spread",
         "is_spread", "drive_noise", "adc_noise",
     )
-    _ALLOWED: ClassVar[dict[str, _Allowed]] = {
+    _ALLOWED: ClassVar[dict[str, Allowed]] = {
         "resistor_tolerance": _TOLERANCE, "capacitor_tolerance": _TOLERANCE, "inductor_tolerance": _TOLERANCE,
         "supply_tolerance": _TOLERANCE, "beta_spread": _SPREAD, "is_spread": _SPREAD, "drive_noise": _NOISE_V,
         "adc_noise": _NOISE_V, "johnson": _FLAG, "drive_bits": _BITS, "drive_range": _POSITIVE_V, "adc_bits": _BITS,
@@ -1054,15 +994,15 @@ class CircuitLab(VirtualLab):
     ) -> None:
         # every option is checked before anything is drawn, simulated or started
         for name, value, rule in (
-            ("n_inputs", n_inputs, _COUNT), ("n_params", n_params, _Allowed(lo_open=False, kind="int")),
+            ("n_inputs", n_inputs, _COUNT), ("n_params", n_params, Allowed(lo_open=False, kind="int")),
             ("output_dim", output_dim, _COUNT), ("unit", unit, _SEED), ("seed", seed, _SEED), ("ideal", ideal, _FLAG),
             ("workers", workers, replace(_COUNT, none="one per CPU")),
             ("circuits_per_run", circuits_per_run, replace(_COUNT, none="an equal share of the batch per worker")),
             ("input_max", input_max, _POSITIVE_V), ("param_max", param_max, _POSITIVE_V),
-            ("spice_tmax", spice_tmax, _Allowed(unit=" s")),
-            ("spice_reltol", spice_reltol, _Allowed(hi=1.0, hi_open=True)),
+            ("spice_tmax", spice_tmax, Allowed(unit=" s")),
+            ("spice_reltol", spice_reltol, Allowed(hi=1.0, hi_open=True)),
         ):
-            rule.check(name, value)
+            rule.check("circuit", name, value)
         if backend not in ("ngspice", "ode"):
             raise _refusal("backend", backend, "'ngspice' or 'ode'")
         if output_node not in NODES:
