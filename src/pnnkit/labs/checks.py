@@ -78,6 +78,7 @@ class Allowed:
     none: str = ""  # if set, None is allowed too and means this
 
     def text(self) -> str:
+        """What is allowed, in words, as a refusal says it: e.g. "a number in [0, 1) V"."""
         if self.kind == "bool":
             return "true or false"
         what = "an integer" if self.kind == "int" else "a finite number" if self.hi is None else "a number"
@@ -89,6 +90,7 @@ class Allowed:
         return text + (f" or None ({self.none})" if self.none else "")
 
     def admits(self, v: Any) -> bool:
+        """Whether ``v`` may be given (a bool is never a number; numpy scalars count as numbers)."""
         if v is None:
             return bool(self.none)
         if self.kind == "bool":
