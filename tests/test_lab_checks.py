@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pnnkit.errors import ConfigError
-from pnnkit.labs.checks import Allowed, check_allowed_fields
+from pnnkit.labs.checks import Allowed, check, check_allowed_fields
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
 
@@ -39,13 +39,30 @@ def test_integer_flag_and_none_rules():
 def test_refusals_are_one_line_and_name_the_lab_option_rule_and_value():
     with pytest.raises(ConfigError) as e:
         Allowed(lo_open=False, hi=1.0, hi_open=True, unit=" V").check("mylab", "gain", 1.0)
-    assert str(e.value) == "mylab: gain must be a number in [0, 1) V, got 1"
+    assert str(e.value) == "mylab: gain must be a number in [0, 1) V, got 1.0"
     with pytest.raises(ConfigError) as e:
         Allowed(lo=1, lo_open=False, kind="int", none="automatic").check("mylab", "workers", 0)
     assert str(e.value) == "mylab: workers must be an integer ≥ 1 or None (automatic), got 0"
     with pytest.raises(ConfigError) as e:
         Allowed(kind="bool").check("mylab", "ideal", "yes")
     assert str(e.value) == "mylab: ideal must be true or false, got 'yes'"
+
+
+def test_values_are_shown_alike_by_both_checks_and_a_whole_real_is_not_shown_as_an_integer():
+    # an integer option given 2.0 must not read "got 2"; a derived 0.1 × 12 reads 1.2; numpy scalars like Python's
+    with pytest.raises(ConfigError, match=r"^mylab: steps must be an integer ≥ 1, got 2\.0$"):
+        Allowed(lo=1, lo_open=False, kind="int").check("mylab", "steps", 2.0)
+    with pytest.raises(ConfigError, match=r"^mylab: steps must be an integer ≥ 1, got 2\.0$"):
+        check("mylab", "steps", 2.0, "an integer ≥ 1", integer=True)
+    with pytest.raises(ConfigError, match=r"^mylab: gain must be a number in \[0, 1\), got 1\.2$"):
+        Allowed(lo_open=False, hi=1.0, hi_open=True).check("mylab", "gain", 0.1 * 12)
+    for value, text in ((np.float64(-3.0), "-3.0"), (np.int64(-3), "-3"), (np.float32(1.5), "1.5"),
+                        (2e20, "2e+20"), (float("nan"), "nan"), ("fast", "'fast'")):
+        with pytest.raises(ConfigError) as a:
+            Allowed(lo_open=False, hi=1.0).check("mylab", "x", value)
+        with pytest.raises(ConfigError) as b:
+            check("mylab", "x", value, "a number in [0, 1]", lambda v: 0 <= v <= 1)
+        assert str(a.value) == str(b.value) == f"mylab: x must be a number in [0, 1], got {text}"
 
 
 def test_check_allowed_fields_names_the_option_and_field():

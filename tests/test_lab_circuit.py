@@ -326,7 +326,7 @@ _DAQ = r"circuit: input_max/param_max \({} V\) exceed the DAQ's ±10 V output ra
     ({"input_max": 50.0, "imperfections": {"drive_bits": 0}}, _DAQ.format(50)),  # no quantiser: the range still holds
     ({"input_max": 12.0, "ideal": True}, _DAQ.format(12)),  # ideal: no quantiser, the same ±10 V DAQ
     ({"spice_reltol": -1e-4}, r"circuit: spice_reltol must be a number in \(0, 1\), got -0\.0001"),
-    ({"spice_tmax": 0}, r"circuit: spice_tmax must be a finite number > 0 s, got 0"),
+    ({"spice_tmax": 0}, r"circuit: spice_tmax must be a finite number > 0 s, got 0\.0"),
     ({"workers": -5}, r"circuit: workers must be an integer ≥ 1 or None \(one per CPU\), got -5"),
     ({"circuits_per_run": 0}, r"circuit: circuits_per_run must be an integer ≥ 1 or None \(an equal share of the batch "
                               r"per worker\), got 0"),
@@ -337,7 +337,7 @@ _DAQ = r"circuit: input_max/param_max \({} V\) exceed the DAQ's ±10 V output ra
                                    r"\(1/timing\.adc_rate = 5e-06 s\), got 5e-06"),
     ({"timing": {"adc_rate": math.inf}}, r"circuit: timing\.adc_rate must be a finite number > 0 S/s, got inf"),
     ({"imperfections": {"resistor_tolerance": 1.0}}, r"circuit: imperfections\.resistor_tolerance must be a number "
-                                                     r"in \[0, 1\), got 1"),
+                                                     r"in \[0, 1\), got 1\.0"),
     ({"imperfections": {"supply_tolerance": -0.01}}, r"circuit: imperfections\.supply_tolerance must be a number "
                                                      r"in \[0, 1\), got -0\.01"),
     ({"imperfections": {"beta_spread": math.nan}}, r"circuit: imperfections\.beta_spread must be a number in \[0, 2\], "
@@ -346,7 +346,7 @@ _DAQ = r"circuit: input_max/param_max \({} V\) exceed the DAQ's ±10 V output ra
                                               r"got -0\.0002"),
     ({"imperfections": {"drive_bits": 64}}, r"circuit: imperfections\.drive_bits must be an integer in \[0, 32\], "
                                             r"got 64"),
-    ({"imperfections": {"adc_range": 0.0}}, r"circuit: imperfections\.adc_range must be a finite number > 0 V, got 0"),
+    ({"imperfections": {"adc_range": 0.0}}, r"circuit: imperfections\.adc_range must be a finite number > 0 V, got 0\.0"),
     ({"imperfection_scale": 12}, r"circuit: imperfections\.capacitor_tolerance must be a number in \[0, 1\), got 1\.2 "
                                  r"\(after imperfection_scale 12\)"),
     ({"components": {"ct": -33e-9}}, r"circuit: components\.ct must be a finite number > 0 F, got -3\.3e-08"),

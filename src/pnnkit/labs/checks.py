@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +40,7 @@ def check(lab: str, name: str, value: Any, rule: str, ok: Callable[[Any], bool] 
     otherwise a one-line :class:`ConfigError` naming the lab, the option, what is allowed and the value."""
     kind = numbers.Integral if integer else numbers.Real
     if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or not ok(value):
-        raise ConfigError(f"{lab}: {name} must be {rule}, got {value!r}")
+        raise refusal(lab, name, value, rule)
     return value
 
 
@@ -111,11 +112,14 @@ class Allowed:
 
 
 def shown(v: Any) -> str:
-    """A value as a message shows it (numbers plainly, to 12 digits; anything else as its repr)."""
+    """A value as a message shows it: integers plainly; reals to 12 significant digits (so a derived 0.1 × 12 reads
+    1.2), keeping a ".0" when whole so that 2.0 is not mistaken for the integer 2; numpy scalars like Python's;
+    anything else as its repr."""
     if isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)):
         return str(int(v))
     if isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)):
-        return f"{float(v):.12g}"
+        text = f"{float(v):.12g}"
+        return text + ".0" if re.fullmatch(r"-?\d+", text) else text
     return repr(v)
 
 
