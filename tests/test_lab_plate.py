@@ -426,3 +426,43 @@ def test_an_imperfection_scaled_out_of_its_range_names_the_scale() -> None:
         make_lab("plate", n_modes=4, imperfection_scale=20)  # the jitter, checked by the lab against its sampling
     with pytest.raises(ConfigError, match="^plate: n_modes must be an integer ≥ 1, got 0$"):  # not a scaled value
         make_lab("plate", n_modes=0, imperfection_scale=2)
+
+
+def test_converter_codes_stop_one_lsb_below_full_scale() -> None:
+    """plate.md: 2^bits two's-complement codes, −full scale … +full scale − 1 LSB; beyond the range clips."""
+    from pnnkit.labs.plate import _quantise
+
+    v = torch.linspace(-20.0, 20.0, 4001, dtype=F64)
+    q = _quantise(v, 16.0, 3)
+    codes = torch.unique(q)
+    assert codes.numel() == 2**3 and float(codes.min()) == -16.0 and float(codes.max()) == 16.0 - 4.0
+    assert float(_quantise(torch.tensor([16.0, 1e3], dtype=F64), 16.0, 16).max()) == 16.0 - 32.0 / 2**16
+
+
+def test_jitter_is_truncated_at_one_adc_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the largest accepted jitter (one ADC sample), ±4σ would reach 4 samples: τ stops at ±one sample, the range
+    of the 3-point interpolation."""
+    import pnnkit.labs.plate as plate
+
+    seen: list[torch.Tensor] = []
+
+    def spy(y: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        seen.append(d.detach().clone())
+        return original(y, d)
+
+    original = plate._delay
+    monkeypatch.setattr(plate, "_delay", spy)
+    lab = PlateLab(imperfections=replace(PlateImperfections.none(), jitter=1 / 32000), dtype=F64, n_modes=4)
+    lab.record(torch.zeros(400, 196, dtype=F64), {"theta": torch.zeros(64, dtype=F64)})
+    d = torch.cat(seen).abs()
+    assert float(d.max()) == pytest.approx(1.0)  # σ = 1 sample: about a third of the draws reach the bound
+    assert float((d == d.max()).double().mean()) == pytest.approx(0.32, abs=0.07)
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"freq_error": 1.0}, "plate unit 0: imperfections.freq_error 1 drew a mode frequency ≤ 0 Hz"),
+    ({"position_error": 1.0}, "plate unit 0: imperfections.position_error 1 m drew the speaker stud off the plate"),
+])
+def test_a_unit_drawn_off_the_physical_range_is_refused(fields: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
+        PlateLab(n_modes=20, imperfections=replace(PlateImperfections(), **fields))

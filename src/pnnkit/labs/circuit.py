@@ -19,7 +19,7 @@ The DAQ drives node B through R1 with a piecewise-constant voltage series: the `
 ``n_params`` trainable values are time-multiplexed (evenly interleaved, one DAQ update period ``t_segment`` each,
 with a finite slew ``t_rise`` between levels). RB biases the transistor on (≈ 0.64 mA at a 0 V drive); R1·CB
 low-passes the drive (memory across segments); the base–emitter junction rectifies it (a soft ReLU: −1 V turns the
-transistor off, +1 V pushes ≈ 1.5 mA); the collector current drives the series RC–L / shunt CT filter, an
+transistor off, +1 V pushes ≈ 1.66 mA); the collector current drives the series RC–L / shunt CT filter, an
 under-damped 2nd-order low pass (f₀ ≈ 4.8 kHz, ζ ≈ 0.36) that rings across several segments. The collector
 voltage, sampled by an ADC at ``adc_rate`` and averaged into ``output_dim`` equal time bins, is the output.
 
@@ -186,8 +186,12 @@ class CircuitImperfections:
         drive_noise: rms noise of the DAQ's analog output (V), 1e-4 (order of a 16-bit DAQ AO's noise).
         adc_noise: rms input noise of the ADC (V) per sample, 2e-4 (≈ 0.7 LSB at 16 bit over ±10 V,
             typical of a USB DAQ).
-        johnson: add the Johnson–Nyquist noise of the collector node's source resistance (RC+RL) over the ADC's
-            Nyquist bandwidth, √(4kTRΔf) ≈ 1 µV — physically present, but negligible next to the ADC noise.
+        johnson: add the thermal (Johnson–Nyquist) noise of the recorded node: its resistances' noise is
+            filtered by the node's capacitor C (CT for the collector, CB for the base), so the node carries
+            √(kT/C) rms (equipartition): 0.35 µV at CT = 33 nF, 0.94 µV at CB = 4.7 nF. Added per ADC sample (in
+            the circuit it is correlated over the node's ≈ 0.1 ms time constant); physically present, but
+            negligible next to the ADC noise. The transistor's shot noise (2qI_C, ≈ 1.8 µV at the collector at
+            rest) is not modelled.
     Deterministic measurement chain:
         drive_bits, drive_range: DAQ output quantisation: ``drive_bits`` over ±``drive_range`` V (16 bit over
             ±10 V: LSB 0.305 mV). 0 bits = no quantisation.
@@ -1046,10 +1050,10 @@ class CircuitLab(VirtualLab):
         self.spice_tmax, self.spice_reltol = float(spice_tmax), float(spice_reltol)
         self.order = drive_order(self.n_inputs, self.n_params)
         vt_noise = 0.0
-        if imp.johnson:  # the thermal noise of the recorded node's source resistance over the ADC's Nyquist band
+        if imp.johnson:  # thermal noise of the recorded node: kT/C of its capacitor (equipartition)
             comp = self.components
-            r_out = comp.rc + comp.rl if output_node == "collector" else 1 / (1 / comp.r1 + 1 / comp.rb)
-            vt_noise = math.sqrt(4 * K_BOLTZMANN * T_NOMINAL * r_out * self.timing.adc_rate / 2)
+            c_node = comp.ct if output_node == "collector" else comp.cb
+            vt_noise = math.sqrt(K_BOLTZMANN * T_NOMINAL / c_node)
         self.johnson_rms = vt_noise
         self.sample_noise = math.sqrt(vt_noise**2 + imp.adc_noise**2)
         per_bin = self.n_samples / self.output_dim

@@ -188,7 +188,8 @@ class PlateImperfections:
             drive_scale 1 (1e-3 ≈ −60 dB below the typical signal: 40–45 dB SPL room vs ~100 dB SPL plate).
             It does not scale with the drive, so it matters more at small drive_scale.
         electronic_noise: rms preamp + ADC noise in ADC units (5e-4 ≈ −90 dB re full scale ±16).
-        jitter: std (s) of the delay between drive and recording, drawn per recording (3e-6 s ≈ 0.1 ADC
+        jitter: std (s) of the delay between drive and recording, drawn per recording from a normal law truncated
+            at ±4·jitter and at ±one ADC sample (the interpolation's range) (3e-6 s ≈ 0.1 ADC
             sample at 32 kHz: a duplex audio interface restarting its streams at 192 kHz aligns them to its
             5.2 µs sample period, ± about one sample across the clock-domain crossing).
     Quantisation:
@@ -728,12 +729,15 @@ def _delay(y: Tensor, d: Tensor) -> Tensor:
 
 
 def _quantise(v: Tensor, full_scale: float, bits: int) -> Tensor:
-    """Round to a ``bits``-bit converter over ±full_scale (straight-through gradient), clipping at full scale."""
+    """Round to a ``bits``-bit converter over ±full_scale (straight-through gradient), clipping at full scale.
+
+    The 2^bits codes run from −full_scale to full_scale − LSB (two's complement), as the circuit lab's DAQ: a value
+    at or above +full_scale reads as the top code."""
     v = v.clamp(-full_scale, full_scale)
     if bits <= 0:
         return v
     lsb = 2 * full_scale / 2**bits
-    return v + (torch.round(v / lsb) * lsb - v).detach()
+    return v + ((torch.round(v / lsb) * lsb).clamp(-full_scale, full_scale - lsb) - v).detach()
 
 
 class _PlateModel:
@@ -899,6 +903,15 @@ class PlateLab(VirtualLab):
         mp = torch.tensor(d.mic_point, dtype=f64) + imp.position_error * rn(2) / scale
         sp = torch.exp(imp.speaker_error * rn(3))
         mic = 10 ** (imp.mic_gain_error_db * float(rn(1)) / 20)
+        # normal draws have no bound: a large freq_error or position_error can draw an unphysical unit
+        if bool((omega <= 0).any()):
+            raise ConfigError(f"plate unit {self.unit}: imperfections.freq_error {imp.freq_error:g} drew a mode "
+                              f"frequency ≤ 0 Hz; use a smaller freq_error (the default is 0.015)")
+        for name, point in (("speaker stud", dp), ("microphone", mp)):
+            if not bool(((point > 0) & (point < 1)).all()):
+                raise ConfigError(f"plate unit {self.unit}: imperfections.position_error {imp.position_error:g} m "
+                                  f"drew the {name} off the plate (at {point.tolist()} of its sides); use a "
+                                  f"smaller position_error (the default is 0.001 m)")
         return replace(
             nom,
             omega=omega,
@@ -954,8 +967,9 @@ class PlateLab(VirtualLab):
             ph = replace(ph, omega=ph.omega * (1 + delta), zeta=ph.zeta)
         y = simulate_plate(v * mdl.drive_scale, ph, sample_rate=mdl.sample_rate, substeps=mdl.substeps)
         if imp.jitter:
-            tau = (imp.jitter * torch.randn(B, 1, generator=self._noise, dtype=torch.float64)).clamp(
-                -4 * imp.jitter, 4 * imp.jitter)
+            # truncated at ±4σ, and at ±one ADC sample: the 3-point interpolation's range (default 4σ = 0.38 sample)
+            bound = min(4 * imp.jitter, 1.0 / (mdl.sample_rate * mdl.substeps))
+            tau = (imp.jitter * torch.randn(B, 1, generator=self._noise, dtype=torch.float64)).clamp(-bound, bound)
             y = _delay(y, (tau * mdl.sample_rate * mdl.substeps).to(dt))
         if imp.acoustic_noise:
             y = y + imp.acoustic_noise * self._band_noise(B, y.shape[1], dt)
