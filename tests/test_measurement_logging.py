@@ -429,3 +429,26 @@ def test_a_partial_reading_of_the_wrong_shape_is_kept_and_a_multiline_driver_err
     assert "partial_reading of shape (2, 3), expected (4, 3)" in msg and "under /refused/0)" in msg
     assert len(log) == 0 and log._f["refused/0/reading"].shape == (2, 3)
     log.close()
+
+
+@pytest.mark.parametrize("how", ["closed", "disk full"])
+def test_a_reading_that_cannot_be_logged_is_a_one_line_device_error_that_carries_it(tmp_path, how):
+    system, log = _logged_system(tmp_path)
+    if how == "closed":
+        log.close()  # closed, still attached
+    else:
+        def full(*a, **k):
+            raise OSError("[Errno 28] No space left on device\nwhile writing dataset 'y'")
+        log.append = full
+    x, params = torch.full((2, 4), 0.3), _params(system.spec)
+    with pytest.raises(DeviceError) as info:
+        system(x, params)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("tanh: the reading of call 1 (batch of 2) could not be logged to ")
+    assert str(tmp_path / "log.h5") in msg and ".partial_reading" in msg
+    if how == "disk full":
+        assert "OSError: [Errno 28] No space left on device / while writing dataset 'y'" in msg
+    assert isinstance(info.value.__cause__, Exception) and system.queries == 2
+    assert np.array_equal(info.value.partial_reading, tanh_model(x, params).numpy())
+    if how != "closed":
+        log.close()

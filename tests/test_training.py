@@ -104,12 +104,22 @@ def test_a_stop_in_an_epochs_monitoring_pass_keeps_its_training(tmp_path, monkey
 
 
 def test_result_reports_physical_and_twin_accuracy(tmp_path):
+    from pnnkit.training import accuracy
+
     task, model = _setup()
     cfg = TrainConfig(epochs=2, batch_size=64, lr=0.02, monitor_physical=False, progress=False)
-    res = Trainer(model, task, "in_silico", cfg).fit()
+    trainer = Trainer(model, task, "in_silico", cfg)
+    trainer.train()
+    lab = model[1].system
+    noise = lab.get_state()  # the noisy lab's state before the final evaluation, to measure the same test set again
+    res = trainer.result()
     assert res.physical_queries == 0 and res.eval_queries == 2 * 64  # two physical layers × 64 test samples
-    assert res.twin_test_accuracy is not None and 0 <= res.test_accuracy <= 1
     assert sum(map(sum, res.confusion)) == 64
+    assert res.test_accuracy == sum(res.confusion[i][i] for i in range(10)) / 64
+    # the reported accuracies are the ones measured on the device / computed with the twin, recomputed independently
+    assert res.twin_test_accuracy == accuracy(model, task.x_test, task.y_test, "in_silico")
+    lab.set_state(noise)
+    assert res.test_accuracy == accuracy(model, task.x_test, task.y_test, "physical")
 
 
 def test_every_training_measurement_is_logged(tmp_path):
@@ -537,3 +547,33 @@ def test_confusion_matrix_rows_are_true_classes_and_its_trace_is_the_accuracy():
     assert cm.sum(1).tolist() == torch.bincount(task.y_test, minlength=10).tolist()  # row i: samples of class i
     assert float(cm.trace()) / 64 == pytest.approx(res.test_accuracy)
     assert res.test_accuracy < 1.0  # a matrix counting every prediction as correct would not fit
+
+
+def test_divergence_names_the_epoch_as_log_csv_counts_it(tmp_path):
+    from pnnkit.errors import DivergenceError
+
+    task, model = _setup()
+    with torch.no_grad():
+        model[4].weight.fill_(math.inf)  # logits ±inf/NaN on the first step of the first epoch
+    cfg = TrainConfig(epochs=1, batch_size=64, monitor_physical=False, progress=False)
+    with pytest.raises(DivergenceError, match=r"^loss became nan at epoch 1 \(counted as in log.csv, from 1\); "):
+        Trainer(model, task, "in_silico", cfg).train()
+
+
+def test_a_device_failure_while_predicting_or_refitting_leaves_the_model_in_its_training_mode():
+    from pnnkit import DeviceError, FunctionSystem, SystemSpec
+    from pnnkit.training import predict, refit_readout
+
+    def broken(x, p):
+        raise TimeoutError("instrument stopped answering")
+
+    system = FunctionSystem(broken, SystemSpec("dead", 2, 2, -1.0, 1.0))
+    model = nn.Sequential(PhysicalLayer(system, lambda x, p: x), nn.Linear(2, 2))
+    model.train()
+    x, y = torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(DeviceError, match="stopped answering"):
+        predict(model, x, "physical")
+    assert model.training and model[1].training
+    with pytest.raises(DeviceError, match="stopped answering"):
+        refit_readout(model, x, y, "physical")
+    assert model.training and model[1].training

@@ -12,14 +12,20 @@ from torch import nn
 from pnnkit import DataError, DigitalTwin, MeasurementSet, MLPTwin, TwinError, acquire, evaluate_twin, fit_twin, make_lab
 
 
-@pytest.fixture(scope="module")
-def lab4():
+def _lab4():
     return make_lab("oscillators", n=4, unit=0, seed=0)
 
 
+@pytest.fixture
+def lab4():
+    """A freshly built lab per test (about a millisecond): no test sees noise another test has drawn."""
+    return _lab4()
+
+
 @pytest.fixture(scope="module")
-def data4(lab4):
-    return acquire(lab4, 8192, inputs_per_setting=32, repeats=2, seed=1)
+def data4():
+    """The shared (read-only) data set, from its own fresh lab: the same whichever test asks for it first."""
+    return acquire(_lab4(), 8192, inputs_per_setting=32, repeats=2, seed=1)
 
 
 def test_acquisition_covers_declared_ranges_and_roundtrips_hdf5(lab4, data4, tmp_path):
@@ -330,3 +336,15 @@ def test_fit_twin_restores_the_best_epoch_and_stops_after_patience():
     seen.clear()
     report = fit_twin(Gain(spec), data, epochs=50, lr=1e-12, batch_size=512, patience=3, seed=0)
     assert report.epochs == 1 + 3  # no improvement after the first epoch: stopped after `patience` more
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_twin_of_the_wrong_output_shape_names_its_system(overlap):
+    from helpers import tanh_model, tanh_system
+    from pnnkit import PhysicalLayer
+
+    layer = PhysicalLayer(tanh_system(4), lambda x, p: tanh_model(x, p)[:, :3], overlap=overlap,
+                          generator=torch.Generator().manual_seed(0))
+    out = layer(torch.zeros(2, 4))
+    with pytest.raises(TwinError, match=r"^tanh: the twin returned shape \(2, 3\) but the system measured \(2, 4\);"):
+        out.sum().backward()

@@ -23,10 +23,11 @@ Twin = Callable[[Tensor, Mapping[str, Tensor]], Tensor]
 
 
 def twin_vjp(
-    twin: Twin, x: Tensor, params: Mapping[str, Tensor], grad_y: Tensor, *, need_x: bool = True
+    twin: Twin, x: Tensor, params: Mapping[str, Tensor], grad_y: Tensor, *, need_x: bool = True, where: str = ""
 ) -> tuple[Tensor | None, dict[str, Tensor]]:
-    """Return ``(g_x, {name: g_θ})`` = ``J_{f_m}(x, θ)ᵀ grad_y``, evaluated at the given (measured) point."""
-    return _walk_graph(_twin_graph(twin, x, params, need_x), list(params), grad_y, need_x)
+    """Return ``(g_x, {name: g_θ})`` = ``J_{f_m}(x, θ)ᵀ grad_y``, evaluated at the given (measured) point.
+    ``where`` (the system's name) starts the message of a shape mismatch."""
+    return _walk_graph(_twin_graph(twin, x, params, need_x), list(params), grad_y, need_x, where)
 
 
 def _twin_graph(twin: Twin, x: Tensor, params: Mapping[str, Tensor], need_x: bool):
@@ -37,11 +38,18 @@ def _twin_graph(twin: Twin, x: Tensor, params: Mapping[str, Tensor], need_x: boo
         return twin(xs, ps), xs, ps
 
 
-def _walk_graph(graph, names: Sequence[str], grad_y: Tensor, need_x: bool):
+def _system_name(system: PhysicalSystem) -> str:
+    """The system's name for a message (its spec's), or its class name."""
+    spec = getattr(system, "spec", None)
+    return str(getattr(spec, "name", None) or type(system).__name__)
+
+
+def _walk_graph(graph, names: Sequence[str], grad_y: Tensor, need_x: bool, where: str = ""):
     """VJP of the recorded twin graph with ``grad_y``; unused inputs get zero gradients."""
     ym, xs, ps = graph
     if ym.shape != grad_y.shape:
-        raise TwinError(f"twin returned shape {tuple(ym.shape)} but the system measured {tuple(grad_y.shape)}")
+        raise TwinError(f"{where or 'twin'}: the twin returned shape {tuple(ym.shape)} but the system measured "
+                        f"{tuple(grad_y.shape)}; the twin does not match its system's output")
     inputs: list[Tensor] = ([xs] if need_x else []) + [ps[k] for k in names]
     grads = torch.autograd.grad(ym, inputs, grad_y.to(ym.dtype), allow_unused=True)
     grads = [torch.zeros_like(i) if g is None else g for g, i in zip(grads, inputs)]
@@ -57,6 +65,7 @@ class _PAT(torch.autograd.Function):
         y = system(x, params)
         ctx.twin = twin
         ctx.names = tuple(names)
+        ctx.where = _system_name(system)
         ctx.save_for_backward(x, *thetas)
         return y
 
@@ -64,7 +73,7 @@ class _PAT(torch.autograd.Function):
     def backward(ctx, grad_y: Tensor):  # type: ignore[override]
         x, *thetas = ctx.saved_tensors
         params = dict(zip(ctx.names, thetas))
-        gx, gp = twin_vjp(ctx.twin, x, params, grad_y, need_x=ctx.needs_input_grad[3])
+        gx, gp = twin_vjp(ctx.twin, x, params, grad_y, need_x=ctx.needs_input_grad[3], where=ctx.where)
         return (None, None, None, gx, *[gp[n] for n in ctx.names])
 
 
@@ -106,14 +115,14 @@ class _PATOverlap(torch.autograd.Function):
         except BaseException:
             fut.cancel()
             raise
-        ctx.fut, ctx.names, ctx.need_x = fut, tuple(names), need_x
+        ctx.fut, ctx.names, ctx.need_x, ctx.where = fut, tuple(names), need_x, _system_name(system)
         return y
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):  # type: ignore[override]
         graph = ctx.fut.result()  # re-raises the twin's own error, if any
         ctx.fut = None  # free the graph as soon as it has been walked
-        gx, gp = _walk_graph(graph, ctx.names, grad_y, ctx.need_x)
+        gx, gp = _walk_graph(graph, ctx.names, grad_y, ctx.need_x, ctx.where)
         return (None, None, None, gx, *[gp[n] for n in ctx.names])
 
 

@@ -291,23 +291,35 @@ class PhysicalSystem(ABC):
         those rows). Returns the reading and the dtype the caller gets it in."""
         y, out = self._checked_reading(y, x, params, batch)
         if log is not None:
-            log.append(x, params, y)
+            try:
+                log.append(x, params, y)
+            except Exception as e:  # log closed, disk full: say so in one line, and hand the reading back with it
+                said = " / ".join(line.strip() for line in str(e).splitlines() if line.strip())
+                err = DeviceError(f"{self.spec.name}: the reading of call {self.calls} (batch of {batch}) could not be "
+                                  f"logged to {getattr(log, 'path', 'the attached log')}: {type(e).__name__}: {said} "
+                                  "(the reading is attached to this error as .partial_reading)")
+                err.partial_reading = y.detach().cpu().numpy()  # type: ignore[attr-defined]
+                raise err from e
         return y, out
 
     def _checked_reading(self, y: Any, x: Tensor, params: Params, batch: int) -> tuple[Tensor, torch.dtype]:
         """``measure``'s return value as a real tensor of shape ``(batch, output_dim)`` at its own precision (integer
         readings as float64, exact up to 2⁵³), and the dtype the caller gets it in
         (:func:`_reading_dtype`). Anything else is refused with a :class:`DeviceError`, after the reading, as it
-        came back, is kept in the attached log."""
+        came back, is kept in the attached log. The tensor returned is the caller's own: never memory ``measure``
+        may write into again."""
         raw = y
+        owned = False  # whether y is already a copy of what measure() returned, or still its memory
         if isinstance(y, np.ma.MaskedArray):  # masked (invalid) readings count as NaN: refused later, and logged
-            y = y.astype(np.float64).filled(np.nan)
+            y, owned = y.astype(np.float64).filled(np.nan), True
         why = None
         if isinstance(y, np.ndarray):
             if not (np.issubdtype(y.dtype, np.floating) or np.issubdtype(y.dtype, np.integer)):
                 why = f"measure() returned an array of {y.dtype}, expected real numbers"
-            else:
-                y = torch.from_numpy(np.ascontiguousarray(y))
+            else:  # a driver may read into one buffer it reuses: the reading is copied (once), never aliased
+                fresh = owned or np.issubdtype(y.dtype, np.integer)  # integers: copied to float64 below anyway
+                y = torch.from_numpy(np.ascontiguousarray(y) if fresh else np.array(y, copy=True, order="C"))
+                owned = True
         if why is None and isinstance(y, Tensor) and (y.is_complex() or y.dtype == torch.bool):
             why = f"measure() returned {y.dtype} values, expected real numbers"
         if why is None and not isinstance(y, Tensor):
@@ -323,7 +335,9 @@ class PhysicalSystem(ABC):
             raise DeviceError(f"{self.spec.name}: {why}{kept}")
         out = _reading_dtype(x, y)
         if not y.is_floating_point():
-            y = y.to(torch.float64)
+            y = y.to(torch.float64)  # a new tensor
+        elif not owned:  # a tensor the system may write into again (an internal buffer): a copy, same dtype/values
+            y = y.clone()
         return y, out
 
     def _keep_partial(self, x: Tensor, params: Params, error: BaseException, gate: InterruptGate) -> str:

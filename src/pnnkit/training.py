@@ -154,9 +154,11 @@ def predict(model: nn.Module, x: Tensor, mode: Mode, batch_size: int = 512) -> T
     """Class predictions of ``model`` in ``mode`` (``physical`` = measured on the device)."""
     was_training = model.training
     model.eval()
-    with using_mode(model, mode):
-        preds = torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-    model.train(was_training)
+    try:
+        with using_mode(model, mode):
+            preds = torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    finally:  # a device error mid-way leaves the model in the mode it came in
+        model.train(was_training)
     return preds
 
 
@@ -196,11 +198,13 @@ def refit_readout(
     q0 = _queries(model)
     was_training = model.training
     model.eval()
-    with torch.no_grad(), using_mode(model, "physical" if mode == "pat" else mode):
-        feats = torch.cat([body(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-    queries = _queries(model) - q0
-    info = fit_readout(readout, feats, y, l2, max_iter)
-    model.train(was_training)
+    try:
+        with torch.no_grad(), using_mode(model, "physical" if mode == "pat" else mode):
+            feats = torch.cat([body(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        queries = _queries(model) - q0
+        info = fit_readout(readout, feats, y, l2, max_iter)
+    finally:  # a device error or a diverged fit leaves the model in the mode it came in
+        model.train(was_training)
     return {**info, "device_queries": queries}
 
 
@@ -648,7 +652,8 @@ class Trainer:
                                           f"(batch, {task.n_classes})")
                     loss = F.cross_entropy(logits, yb)
                     if not torch.isfinite(loss):
-                        raise DivergenceError(f"loss became {loss.item()} at epoch {self.epoch}; lower the lr")
+                        raise DivergenceError(f"loss became {loss.item()} at epoch {self.epoch + 1} (counted as in "
+                                              "log.csv, from 1); lower the lr")
                     self.opt.zero_grad(set_to_none=True)
                     loss.backward()
                     self.opt.step()
