@@ -23,6 +23,18 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = tiny_config(epochs=2)
 
 
+def one_line_error(res, code: int = 2) -> str:
+    """The error line of a refused command: it exited with ``code`` (typer.Exit/SystemExit, not an exception escaping
+    the command; CliRunner keeps those in ``res.exception``, never in the output), printed exactly one line
+    ``error: …`` on stderr, and nothing on stdout."""
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    assert res.exit_code == code, (res.exit_code, res.output)
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    assert res.stdout == "", res.stdout
+    return lines[0]
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
@@ -95,11 +107,32 @@ def test_errors_are_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**TINY, "traning": {}}))
     res = runner.invoke(app, ["run", str(bad), "--out", str(tmp_path / "o")])
-    assert res.exit_code == 2
-    assert "unknown key 'traning' (did you mean 'training'?)" in res.output
-    assert "Traceback" not in res.output
+    assert "unknown key 'traning' (did you mean 'training'?)" in one_line_error(res)
     res = runner.invoke(app, ["evaluate", str(bad), "--weights", "w.safetensors"])
-    assert res.exit_code == 2
+    assert "unknown key 'traning'" in one_line_error(res)
+
+
+def test_one_line_error_fails_on_a_crash_and_on_errors_printed_to_stdout(tmp_path, monkeypatch):
+    """The helper above catches what `"Traceback" not in res.output` never could: an exception escaping the command
+    (a corrupt checkpoint.json read without its UnicodeDecodeError caught, as before the fix) and an error on stdout."""
+    import pnnkit.checkpoint as ck
+    import pnnkit.cli as cli
+
+    def crash(path):
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    monkeypatch.setattr(ck, "load_weights", lambda model, path: crash(path))
+    res = runner.invoke(app, ["evaluate", str(cfg), "--weights", str(tmp_path / "w.safetensors")])
+    assert "Traceback" not in res.output and isinstance(res.exception, UnicodeDecodeError)
+    with pytest.raises(AssertionError, match="UnicodeDecodeError"):
+        one_line_error(res)
+    monkeypatch.setattr(cli, "err_console", cli.console)  # errors printed on stdout, as before the fix
+    res = runner.invoke(app, ["labs", "circuitt"])
+    assert res.exit_code == 2 and "unknown lab" in res.output
+    with pytest.raises(AssertionError):
+        one_line_error(res)
 
 
 def test_toy_gap_prints_table():
@@ -134,8 +167,8 @@ def test_set_overrides_reach_the_run_and_its_recorded_config(tmp_path):
     # --resume continues OUT's checkpoints, so it refuses a config that differs from OUT/config.json
     res = runner.invoke(app, ["run", str(cfg), "--out", str(out), "--resume", "--set", "training.epochs=2",
                               "--set", "methods=[in_silico]", "--set", "task.options.test_size=300"])
-    assert res.exit_code == 2 and "Traceback" not in res.output
-    assert "cannot resume" in res.output and "training.epochs" in res.output and "test_size" not in res.output
+    err = one_line_error(res)
+    assert "cannot resume" in err and "training.epochs" in err and "test_size" not in err
     assert json.loads((out / "config.json").read_text()) == rec  # the record of the run is kept
     res = runner.invoke(app, ["run", str(cfg), "--out", str(out), "--resume", "--set", "training.epochs=1",
                               "--set", "methods=[in_silico]", "--set", "task.options.test_size=300"])
@@ -155,9 +188,7 @@ def test_set_errors_are_one_line(tmp_path):
                       ("network.stem.3.out=4", "network.stem is a list of 1, so '3' is not an index"),
                       ("methods=[pat", "the value is not valid YAML")]:
         res = runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "o"), "--set", item])
-        assert res.exit_code == 2, (item, res.output)
-        assert msg in res.output, (item, res.output)
-        assert "Traceback" not in res.output
+        assert msg in one_line_error(res), (item, res.output)
 
 
 def test_networks_and_studies_that_cannot_run_are_refused_before_anything_is_measured(tmp_path):
@@ -168,7 +199,7 @@ def test_networks_and_studies_that_cannot_run_are_refused_before_anything_is_mea
                       ("cv_folds=1", "cv_folds must be 0 (off) or at least 2"),
                       ("cv_folds=5000", "cv_folds 5000 is more than the ")]:
         res = runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "o"), "--set", item])
-        assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (item, res.output)
+        assert msg in one_line_error(res), (item, res.output)
         assert not (tmp_path / "o").exists(), item  # nothing measured, nothing written
     # a digital baseline that cannot be built (its network without the lab's 8 → 16 widening) fails before PAT
     shg = {**TINY, "lab": {"name": "shg", "options": {"n_inputs": 8, "n_params": 8, "output_dim": 16}},
@@ -183,8 +214,8 @@ def test_networks_and_studies_that_cannot_run_are_refused_before_anything_is_mea
 
 def test_demo_takes_set_and_names_a_bad_key(tmp_path):
     res = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--set", "training.epoch=1"])
-    assert res.exit_code == 2 and "Traceback" not in res.output
-    assert "demo with --set training.epoch=1: unknown key 'training.epoch' (did you mean 'epochs'?)" in res.output
+    assert "demo with --set training.epoch=1: unknown key 'training.epoch' (did you mean 'epochs'?)" in \
+        one_line_error(res)
     assert not (tmp_path / "d").exists()  # nothing ran
 
 
@@ -202,8 +233,8 @@ def test_train_resume_keeps_the_fitted_twin_and_refuses_a_changed_config(tmp_pat
 
     # a different config is refused before anything is measured; the record stays
     res = runner.invoke(app, [*base, "--resume", "--set", "training.lr=0.05"])
-    assert res.exit_code == 2 and "Traceback" not in res.output
-    assert "cannot resume" in res.output and "training.lr" in res.output
+    err = one_line_error(res)
+    assert "cannot resume" in err and "training.lr" in err
     assert json.loads((out / "pat" / "config.json").read_text()) == rec
 
     # the same config resumes on the twin fitted in OUT: no new twin measurements, the same twin file
@@ -322,7 +353,7 @@ def test_out_never_loses_an_earlier_run_and_bad_outs_are_refused(tmp_path):
                       (["--out", str(junk)], "is not empty and holds no earlier pnnkit run"),
                       (["--out", str(tmp_path / "none"), "--resume"], "nothing to resume in")]:
         res = runner.invoke(app, ["run", str(cfg), *args, *quick])
-        assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (args, res.output)
+        assert msg in one_line_error(res), (args, res.output)
     assert (junk / "notes.txt").read_text() == "mine" and not (tmp_path / "none").exists()
 
 
@@ -330,8 +361,7 @@ def test_error_text_is_printed_verbatim_not_as_markup(tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(TINY))
     res = runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "o"), "--set", "methods=[/foo]"])
-    assert res.exit_code == 2 and "Traceback" not in res.output
-    assert "methods=[/foo]" in res.output
+    assert "methods=[/foo]" in one_line_error(res)
 
 
 def test_evaluate_takes_a_runs_weights_keeps_its_measurements_and_names_bad_weights(tiny_run, tmp_path):
@@ -367,7 +397,46 @@ def test_evaluate_takes_a_runs_weights_keeps_its_measurements_and_names_bad_weig
                       ([str(cfg), "--weights", str(tmp_path / "nope.safetensors")], "weights file not found"),
                       ([str(other), "--weights", weights], "do not fit this network: missing 1.bias, 1.scale")]:
         res = runner.invoke(app, ["evaluate", *args, "--log", str(tmp_path / "bad")])
-        assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (args, res.output)
+        assert msg in one_line_error(res), (args, res.output)
+
+
+def test_evaluate_takes_any_checkpoint_pair_and_names_a_corrupt_one(tiny_run, tmp_path):
+    """A checkpoint is any X.safetensors with its X.json (the documented
+    checkpoint_before_readout_refit.safetensors/.json too); a .json that is not UTF-8 is one line, not a crash."""
+    from pnnkit.checkpoint import is_checkpoint
+
+    d, cfg, _ = tiny_run
+    src = d / "out" / "pat" / "checkpoint"
+    pre = tmp_path / "pre" / "checkpoint_before_readout_refit"
+    pre.parent.mkdir()
+    for ext in (".safetensors", ".json"):
+        pre.with_suffix(ext).write_bytes(src.with_suffix(ext).read_bytes())
+    weights = pre.with_suffix(".safetensors")
+    assert is_checkpoint(weights) and not is_checkpoint(d / "out" / "pat" / "model.safetensors")
+    res = runner.invoke(app, ["evaluate", str(cfg), "--weights", str(weights), "--log", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    r = json.loads((d / "out" / "results.json").read_text())
+    assert abs(float(res.stdout.splitlines()[0].split(":")[-1]) - r["methods"]["pat"]["test_accuracy"]) < 0.05
+    pre.with_suffix(".json").write_bytes(b"\xff\xfe\x00garbage")  # the audit's corrupt checkpoint.json
+    for w in (weights, tmp_path / "c" / "checkpoint.safetensors"):
+        w.parent.mkdir(exist_ok=True)
+        if not w.exists():
+            w.write_bytes(src.with_suffix(".safetensors").read_bytes())
+            w.with_suffix(".json").write_bytes(b"\xff\xfe\x00garbage")
+        res = runner.invoke(app, ["evaluate", str(cfg), "--weights", str(w), "--log", str(tmp_path / "ev")])
+        assert (f"cannot read checkpoint {w}: {w.stem}.json is not JSON text ('utf-8' codec can't decode byte 0xff"
+                in one_line_error(res)), res.output
+
+
+def test_resume_names_a_corrupt_config_json_in_one_line(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "config.json").write_bytes(b"\xff\xfe\x00")
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(out), "--resume"])
+    assert f"cannot resume: {out / 'config.json'} is unreadable ('utf-8' codec" in one_line_error(res)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]  # refused before anything was measured
 
 
 def test_twin_commands_name_their_input_problems(tiny_run, tmp_path):
@@ -380,10 +449,14 @@ def test_twin_commands_name_their_input_problems(tiny_run, tmp_path):
     code = f"from pnnkit.twins import DigitalTwin; print(DigitalTwin.load({str(twin)!r}).kind)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "oscillator_physics"
+    lone = tmp_path / "lone.json"
+    lone.write_bytes((d / "out" / "twin.json").read_bytes())
     for path, msg in [(d / "out", "is a directory; give its twin.safetensors"),
-                      (d / "out" / "twin_measurements.h5", "is not a twin file")]:
+                      (d / "out" / "twin_measurements.h5", "is not a twin file"),
+                      (tmp_path / "nope.json", f"twin file not found: {tmp_path / 'nope.json'}"),  # named as given
+                      (lone, "lone.json has no lone.safetensors beside it; a twin is a .safetensors + .json pair")]:
         res = runner.invoke(app, ["twin", "show", str(path)])
-        assert res.exit_code == 2 and msg in res.output, res.output
+        assert msg in one_line_error(res), res.output
     res = runner.invoke(app, ["twin", "fit", str(cfg), "--out", str(tmp_path / "tf"), "--set", f"twin.path={twin}"])
     assert res.exit_code == 2 and "twin.path is set" in res.output and not (tmp_path / "tf").exists()
 
@@ -443,7 +516,8 @@ def test_evaluate_unit_and_train_twin_are_checked_before_anything_is_written(tin
     for unit, bound in (("-1", "greater than or equal to 0"), (str(10**23), f"less than {SEED_LIMIT}")):
         res = runner.invoke(app, ["evaluate", str(cfg), "--weights", str(weights), "--unit", unit,
                                   "--log", str(tmp_path / "ev")])
-        assert res.exit_code == 2 and f"lab.unit: Input should be {bound}" in res.output, res.output
+        err = one_line_error(res)
+        assert f"with --unit {unit}: lab.unit: Input should be {bound}" in err and "--set" not in err, err
     assert not (tmp_path / "ev").exists()
     res = runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "t"), "--twin", str(tmp_path / "nope.safetensors")])
     assert res.exit_code == 2 and "twin file missing" in res.output and not (tmp_path / "t").exists(), res.output
@@ -496,9 +570,8 @@ def test_twin_fit_holds_the_configs_fixed_parameters_and_refuses_a_misspelt_one_
     assert float(w["log_alpha"]) == 0.0 and float(w["log_input_gain"]) == 0.0  # held at the design
     assert float(w["log_coupling_gain"]) != 0.0 and float(w["log_output_gain"]) != 0.0  # fitted
     res = runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "o"), "--set", "twin.fit.fixed=[log_alfa]"])
-    assert res.exit_code == 2 and "Traceback" not in res.output
     assert ("twin.fit.fixed: the physics twin of oscillators has no parameter log_alfa; its parameters: log_alpha, "
-            "log_coupling_gain, log_input_gain, log_output_gain") in " ".join(res.output.split())
+            "log_coupling_gain, log_input_gain, log_output_gain") in one_line_error(res)
     assert not (tmp_path / "o").exists()  # refused before anything was measured or written
     res = runner.invoke(app, ["twin", "fit", str(cfg), "--out", str(tmp_path / "t2"), "--set", "twin.fit.fixed=[x]"])
     assert res.exit_code == 2 and "has no parameter x" in res.output and not (tmp_path / "t2").exists()
@@ -519,7 +592,12 @@ def test_labs_name_prints_the_options_make_lab_accepts_with_their_defaults(name)
     assert lines[0].startswith(f"{name}: ") and len(lines[0]) > len(name) + 10
     doc = lines[1].rsplit(" ", 1)[1]
     assert doc == f"docs/labs/{name}.md" and (Path(__file__).parents[1] / doc).is_file()
-    listed = {ln.split(" = ")[0].strip() for ln in lines[3:] if not ln.startswith("    ")}
+    assert lines[2] == ("lab keys (lab.unit, lab.seed, lab.imperfection_scale in a config, make_lab keyword "
+                        "arguments) = default:")
+    assert [ln.split(" = ")[0].strip() for ln in lines[3:6]] == ["unit", "seed", "imperfection_scale"]
+    assert lines[6].startswith("options (lab.options in a config")
+    listed = {ln.split(" = ")[0].strip() for ln in lines[3:] if ln.startswith("  ") and not ln.startswith("    ")}
+    assert not {"unit", "seed", "imperfection_scale"} & {ln.split(" = ")[0].strip() for ln in lines[7:]}
     _, options = lab_description(name)
     target = _OPTIONS_OF[name]
     assert listed == {o[0] for o in options} == option_names(target) | {"imperfections", "imperfection_scale"}
@@ -538,5 +616,4 @@ def test_labs_name_shows_the_circuit_nodes_default_and_the_dataclass_fields():
 
 def test_labs_with_an_unknown_name_is_one_line_and_exit_2():
     res = runner.invoke(app, ["labs", "circuitt"])
-    assert res.exit_code == 2
-    assert res.output.strip() == "error: unknown lab 'circuitt'; available: circuit, oscillators, plate, shg"
+    assert one_line_error(res) == "error: unknown lab 'circuitt'; available: circuit, oscillators, plate, shg"

@@ -261,3 +261,19 @@ def test_lab_fields_given_as_lab_options_and_booleans_for_numbers_are_refused():
     msg = _error(validate_config, {"network": {"depth": False}}, "c")
     assert msg == "c: network: depth must be a number, got the boolean false", msg
     assert validate_config({**base, "training": {"overlap": True}}, "c").training.overlap is True  # a real bool
+
+
+def test_a_block_without_its_type_key_is_named_with_the_misspelt_key():
+    msg = _error(validate_config, {"network": {"layer": [{"tipe": "physical"}]}})
+    assert msg.startswith("config: network.layer.0: the entry has no 'type' key (one of physical, ")
+    assert msg.endswith("; unknown key 'tipe' (did you mean 'type'?)") and "discriminator" not in msg
+    assert _error(validate_config, {"network": {"stem": [{}]}}).startswith(
+        "config: network.stem.0: the entry has no 'type' key (one of ")
+
+
+def test_command_line_options_are_named_as_given():
+    """`evaluate --unit -1` is reported as --unit, not as the --set item it becomes."""
+    assert _error(validate_config, {}, "c", [], [("--unit -1", "lab.unit=-1")]) == (
+        "c with --unit -1: lab.unit: Input should be greater than or equal to 0")
+    assert _error(validate_config, {}, "c", ["seed=1"], [("--unit -1", "lab.unit=-1")]).startswith(
+        "c with --set seed=1 and --unit -1: lab.unit:")

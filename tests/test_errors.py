@@ -254,3 +254,32 @@ def test_a_task_of_numpy_arrays_is_named_as_such():
     with pytest.raises(ConfigError, match=r"^task 'np': x_train must be a torch.Tensor, got ndarray "
                                           r"\(convert with torch.as_tensor\)$"):
         Trainer(torch.nn.Linear(4, 2), t, "pat", TrainConfig(epochs=1, progress=False))
+
+
+def test_a_data_dir_that_is_no_path_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"^task 'mnist': option 'data_dir' must be a directory path, got 5$"):
+        load_task("mnist", data_dir=5)
+    with pytest.raises(ConfigError, match=r"^data_dir must be a directory path, got \[1\]$"):
+        data_dir([1], "x", "source")
+
+
+def test_a_corrupt_checkpoint_and_any_named_checkpoint_pair(tmp_path):
+    """A checkpoint .json that is not UTF-8 is a one-line DataError; a pair of any name (e.g.
+    checkpoint_before_readout_refit) is read as a checkpoint by load_weights."""
+    from pnnkit.checkpoint import is_checkpoint, load_checkpoint, load_weights, save_checkpoint, save_weights
+
+    model = torch.nn.Linear(3, 2)
+    pair = save_checkpoint({"model": model.state_dict(), "epoch": 3}, tmp_path / "checkpoint_before_readout_refit")
+    weights = pair.with_suffix(".safetensors")
+    assert is_checkpoint(weights) and not is_checkpoint(pair.with_suffix(".json"))
+    other = torch.nn.Linear(3, 2)
+    load_weights(other, weights)
+    assert torch.equal(other.weight, model.weight)
+    assert not is_checkpoint(save_weights(model, tmp_path / "model.safetensors"))
+    pair.with_suffix(".json").write_bytes(b"\xff\xfe\x00garbage")
+    for path in (pair, weights):
+        with pytest.raises(DataError) as info:
+            load_checkpoint(path)
+        assert str(info.value).startswith(f"cannot read checkpoint {path}: checkpoint_before_readout_refit.json is "
+                                          "not JSON text ('utf-8' codec can't decode byte 0xff")
+        assert "\n" not in str(info.value)

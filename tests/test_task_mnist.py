@@ -12,7 +12,7 @@ import torch
 
 from conftest import SHARED_DATA
 from pnnkit.errors import ConfigError, DataError
-from pnnkit.tasks import load_task
+from pnnkit.tasks import load_task, stratified_split
 from pnnkit.tasks.mnist import read_idx
 
 SHARED = Path(os.environ.get("PNNKIT_DATA_DIR", SHARED_DATA))
@@ -224,3 +224,19 @@ def test_bad_options(tmp_path) -> None:
         load_task("mnist", data_dir=d, test_size=5)
     with pytest.raises(ConfigError):
         load_task("mnist", data_dir=d, bogus=1)
+
+
+def test_the_split_names_the_subsets_taken(tmp_path) -> None:
+    """meta["split"] (results.json's experiment.split) says how many images n_train / n_test kept."""
+    d = make_dir(tmp_path / "m", n_test=100)
+    full = load_task("mnist", data_dir=d, test_size=20)
+    assert full.meta["split"] == "stratified 80/20 of the t10k set (seed 0)"
+    sub = load_task("mnist", data_dir=d, test_size=20, n_train=30, n_test=10)
+    assert sub.meta["split"] == ("stratified 80/20 of the t10k set (seed 0); subsets used (seeded, stratified, "
+                                 "seed 0): n_train = 30 of the 80 training images, n_test = 10 of the 20 test images")
+    assert load_task("mnist", data_dir=d, test_size=20, n_test=50).meta["split"] == full.meta["split"]  # all kept
+    val = load_task("mnist", data_dir=d, test_size=20, validation=20, n_test=10)
+    assert val.meta["split"].endswith("n_test = 10 of the 20 held-out images") and val.x_test.shape[0] == 10
+    # the images chosen are the ones the subsets always took: a seeded stratified draw from the full split
+    _, idx = stratified_split(full.y_train.numpy(), 30, 0)
+    assert torch.equal(sub.x_train, full.x_train[torch.as_tensor(idx)])

@@ -87,6 +87,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a pair written by :func:`save_checkpoint`; a missing, unreadable or mismatched pair: :class:`DataError`."""
     path = Path(path)
     w, j = path.with_suffix(".safetensors"), path.with_suffix(".json")
     if not (w.exists() and j.exists()):
@@ -101,13 +102,38 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                 raise DataError(f"checkpoint {path}: {j.name} and {w.name} come from different saves (a save cut "
                                 "short); start the method again, or restore the pair from a copy")
             tree = tree["state"]
-    except (SafetensorError, OSError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:  # a damaged .json (e.g. bytes that are not UTF-8)
+        raise DataError(f"cannot read checkpoint {path}: {j.name} is not JSON text ({e})") from e
+    except (SafetensorError, OSError) as e:
         raise DataError(f"cannot read checkpoint {path}: {e}") from e
     try:
         return _join(tree, tensors)
     except (KeyError, TypeError, ValueError) as e:  # a .json from another save than the .safetensors beside it
         raise DataError(f"checkpoint {path}: {j.name} does not match {w.name} ({type(e).__name__}: {e}); "
                         "the pair comes from different saves") from None
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` (``X.safetensors``) is the tensor half of a :func:`save_checkpoint` pair: its ``X.json`` is
+    beside it and either file carries the save's marker, or it is named ``checkpoint.*`` (pairs written before the
+    marker existed). Any name counts, e.g. ``checkpoint_before_readout_refit.safetensors``."""
+    path = Path(path)
+    j = path.with_suffix(".json")
+    if path.suffix != ".safetensors" or not j.is_file():
+        return False
+    if path.stem == "checkpoint":
+        return True
+    try:
+        with safe_open(str(path), "pt") as f:
+            if _SAVE in (f.metadata() or {}):
+                return True
+    except (SafetensorError, OSError):
+        pass
+    try:
+        with j.open("rb") as fh:  # save_checkpoint writes the marker first: {"pnnkit_save": ...
+            return fh.read(len(_SAVE) + 2) == b'{"' + _SAVE.encode()
+    except OSError:
+        return False
 
 
 def save_weights(model: torch.nn.Module, path: str | Path) -> Path:
@@ -123,14 +149,16 @@ def save_weights(model: torch.nn.Module, path: str | Path) -> Path:
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load ``path`` into ``model``: a file of :func:`save_weights` (a run's ``model.safetensors``), or a run's
-    ``checkpoint.safetensors`` (its ``model`` part). Errors name the file and what does not fit."""
+    """Load ``path`` into ``model``: a file of :func:`save_weights` (a run's ``model.safetensors``), or the
+    ``.safetensors`` of a checkpoint (its ``model`` part; :func:`is_checkpoint`), e.g. a run's
+    ``checkpoint.safetensors`` or ``checkpoint_before_readout_refit.safetensors``. Errors name the file and what
+    does not fit."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"weights file not found: {path}")
     if path.is_dir():
         raise ConfigError(f"weights {path} is a directory; give its model.safetensors or checkpoint.safetensors")
-    if path.stem == "checkpoint" and path.with_suffix(".json").exists():
+    if is_checkpoint(path):
         ckpt = load_checkpoint(path)
         state = ckpt.get("model") if isinstance(ckpt, dict) else None
         if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):

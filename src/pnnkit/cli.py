@@ -20,13 +20,14 @@ twin_app = typer.Typer(no_args_is_help=True, help="Measure a system and fit / in
 app.add_typer(twin_app, name="twin")
 app.add_typer(bench_app, name="bench")
 console = Console(soft_wrap=True)  # long lines stay whole in logs and pipes (tables still fit the width)
+err_console = Console(stderr=True, soft_wrap=True)  # errors go to stderr, like the runs' `note:` lines
 
 
 def _fail(e: Exception) -> None:
-    """Print ``e`` as one line (its text verbatim: never read as rich markup) and exit with status 2."""
+    """Print ``e`` as one line on stderr (its text verbatim: never read as rich markup) and exit with status 2."""
     from rich.text import Text
 
-    console.print(Text("error: ", style="bold red") + Text(str(e)), highlight=False, soft_wrap=True)
+    err_console.print(Text("error: ", style="bold red") + Text(str(e)), highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -146,6 +147,11 @@ def twin_show(path: Annotated[Path, typer.Argument(help="twin .safetensors or .j
         if path.suffix not in (".safetensors", ".json"):
             raise PnnkitError(f"{path} is not a twin file: `twin show` takes the .safetensors or .json that "
                               "`twin fit` or `run` wrote")
+        if not path.exists():  # named as given (the loader would name the .safetensors of the pair)
+            raise PnnkitError(f"twin file not found: {path}")
+        weights = path.with_suffix(".safetensors")
+        if path.suffix == ".json" and not weights.exists():
+            raise PnnkitError(f"{path} has no {weights.name} beside it; a twin is a .safetensors + .json pair")
         tw = DigitalTwin.load(path)
     except PnnkitError as e:
         _fail(e)
@@ -218,7 +224,7 @@ def evaluate(
     try:
         if unit is not None and _sets(set_, "lab.unit"):
             raise PnnkitError("--unit and --set lab.unit both choose the physical unit; give one of them")
-        cfg = load_config(config, [*(set_ or ()), *([f"lab.unit={unit}"] if unit is not None else [])])
+        cfg = load_config(config, set_ or (), [(f"--unit {unit}", f"lab.unit={unit}")] if unit is not None else ())
         task = load_task(cfg.task.name, **cfg.task.options)
         system = build_lab(cfg.lab)
         model = build_network(cfg.network, task.n_features, task.n_classes, system, None, seed=cfg.seed)
@@ -255,7 +261,8 @@ def toy_gap() -> None:
 def labs(
     name: Annotated[str | None, typer.Argument(help="a lab: print its summary, options and defaults")] = None,
 ) -> None:
-    """List the virtual labs; with a NAME, that lab's options (a config's lab.options) and their defaults."""
+    """List the virtual labs; with a NAME, that lab's keys (lab.unit, lab.seed, …), its options (a config's
+    lab.options) and their defaults."""
     from .labs import lab_description, lab_names
 
     if name is None:
@@ -266,10 +273,19 @@ def labs(
         summary, options = lab_description(name)
     except PnnkitError as e:
         _fail(e)
+    top = ("unit", "seed", "imperfection_scale")  # LabConfig's own keys, passed on to make_lab
     typer.echo(f"{name}: {summary}")
     typer.echo(f"physics, imperfections and validation: docs/labs/{name}.md")
+    own = [(opt, default) for opt, default, _ in options if opt in top]
+    if own:
+        typer.echo(f"lab keys ({', '.join('lab.' + o for o, _ in own)} in a config, make_lab keyword arguments) "
+                   "= default:")
+        for opt, default in own:
+            typer.echo(f"  {opt} = {default}")
     typer.echo("options (lab.options in a config, make_lab keyword arguments) = default:")
     for opt, default, fields in options:
+        if opt in top:
+            continue
         typer.echo(f"  {opt} = {default}")
         if fields:  # None means the fields' defaults unless a field has none (then the lab chooses: its docs)
             plain = default == "None" and all(v != "(required)" for _, v in fields)

@@ -238,6 +238,12 @@ def _user_loc(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, list[s
     """The dotted path the user wrote for pydantic's error ``loc`` inside ``model`` — without the union tags
     pydantic inserts (``network.layer.0.physical.foo`` → ``network.layer.0.foo``) — and the valid keys of the
     mapping that holds its last part (for 'did you mean')."""
+    path, keys, _ = _walk(model, loc)
+    return path, keys
+
+
+def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, list[str], Any]:
+    """:func:`_user_loc`, and the annotation found at ``loc`` (None where it could not be followed)."""
     path: list[str] = []
     tp: Any = model
     keys: list[str] = []
@@ -267,15 +273,34 @@ def _user_loc(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, list[s
             if i < len(loc) - 1:
                 keys = []
             break
-    return ".".join(path), keys
+    return ".".join(path), keys, tp
 
 
-def validate_config(data: Any, source: str = "config", overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """Validate a parsed YAML mapping, after the ``KEY=VALUE`` ``overrides`` (:func:`apply_overrides`); raise
-    :class:`ConfigError` naming the first bad key (and the overrides, if any)."""
-    if overrides:
-        data = apply_overrides(data, overrides)
-        source += " with --set " + ", ".join(overrides)
+def _no_tag(loc: str, tp: Any, value: Any) -> str:
+    """The message for a mapping of a tagged union (``network.layer`` entries) without its tag key: which key is
+    missing, the tags it takes, and the keys given that no member knows (``tipe`` → did you mean ``type``?)."""
+    members, disc = _members(tp)
+    disc = disc or "type"
+    tags = [str(t) for m in members for t in _tag_values(m, disc)]
+    known = {k for m in members for k in getattr(m, "model_fields", {})}
+    unknown = [k for k in (value if isinstance(value, dict) else {}) if k not in known]
+    hints = []
+    for k in unknown:
+        near = difflib.get_close_matches(str(k), [disc, *sorted(known - {disc})], n=1)
+        hints.append(f"unknown key {k!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+    need = f"the entry has no {disc!r} key" + (f" (one of {', '.join(tags)})" if tags else "")
+    return f"{loc}: " + "; ".join([need, *hints])
+
+
+def validate_config(data: Any, source: str = "config", overrides: Sequence[str] = (),
+                    options: Sequence[tuple[str, str]] = ()) -> ExperimentConfig:
+    """Validate a parsed YAML mapping, after the ``KEY=VALUE`` ``overrides`` (:func:`apply_overrides`) and the
+    ``(OPTION, KEY=VALUE)`` overrides of command-line ``options`` (``("--unit 7", "lab.unit=7")``); raise
+    :class:`ConfigError` naming the first bad key (and the overrides, as the user gave them, if any)."""
+    given = [*(["--set " + ", ".join(overrides)] if overrides else []), *(label for label, _ in options)]
+    if given:
+        data = apply_overrides(data, [*overrides, *(item for _, item in options)])
+        source += " with " + " and ".join(given)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     try:
@@ -284,7 +309,9 @@ def validate_config(data: Any, source: str = "config", overrides: Sequence[str] 
         msgs = []
         for err in e.errors():
             loc, keys = _user_loc(ExperimentConfig, tuple(err["loc"]))
-            if err["type"] == "extra_forbidden":
+            if err["type"] == "union_tag_not_found":  # a layer entry without 'type' (or with it misspelt)
+                msgs.append(_no_tag(loc, _walk(ExperimentConfig, tuple(err["loc"]))[2], err.get("input")))
+            elif err["type"] == "extra_forbidden":
                 near = difflib.get_close_matches(str(err["loc"][-1]), keys, n=1)
                 hint = f" (did you mean {near[0]!r}?)" if near else ""
                 msgs.append(f"unknown key {loc!r}{hint}")
@@ -412,8 +439,10 @@ def apply_overrides(data: Any, overrides: Sequence[str]) -> Any:
     return data
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """Read and validate an experiment YAML, after the ``KEY=VALUE`` ``overrides`` (:func:`apply_overrides`)."""
+def load_config(path: str | Path, overrides: Sequence[str] = (),
+                options: Sequence[tuple[str, str]] = ()) -> ExperimentConfig:
+    """Read and validate an experiment YAML, after the ``KEY=VALUE`` ``overrides`` (:func:`apply_overrides`) and
+    the command-line ``options`` (:func:`validate_config`)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
@@ -426,4 +455,4 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
                           f"{e.start})") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config: {e.strerror or e}") from None
-    return validate_config(parse_yaml(text, str(path)), str(path), overrides)
+    return validate_config(parse_yaml(text, str(path)), str(path), overrides, options)

@@ -221,7 +221,10 @@ def rebuild_run(
         inner = sorted(p.parent.name for p in run_dir.glob("*/config.json"))
         hint = f"; `pnnkit train` keeps its config in DIR/<method>: try {run_dir / inner[0]}" if inner else ""
         raise ConfigError(f"{run_dir} holds no config.json of a pnnkit run{hint}")
-    raw = json.loads((run_dir / "config.json").read_text())
+    try:
+        raw = json.loads((run_dir / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{run_dir / 'config.json'} is unreadable ({e})") from None
     cfg = validate_config(raw, str(run_dir), [] if workers is None else [f"lab.options.workers={workers}"])
     task = load_task(cfg.task.name, **cfg.task.options)
     lab = build_lab(cfg.lab)
@@ -244,7 +247,7 @@ def _check_resumed_config(cfg: ExperimentConfig, out: Path) -> None:
         return
     try:
         before = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:  # e.g. a file that is not UTF-8 text
         raise ConfigError(f"cannot resume: {path} is unreadable ({e})") from None
     try:  # a run started before a new option existed recorded no value for it: compare with the default filled in
         before = json.loads(ExperimentConfig.model_validate(before).model_dump_json())

@@ -84,6 +84,8 @@ def stratified_split(y: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray,
 def data_dir(explicit: str | Path | None, sub: str, source: str) -> Path:
     """Resolve ``explicit`` or ``$PNNKIT_DATA_DIR/sub``; raise :class:`DataError` naming ``source`` if absent."""
     if explicit is not None:
+        if not isinstance(explicit, (str, os.PathLike)):
+            raise ConfigError(f"data_dir must be a directory path, got {explicit!r}")
         base = Path(explicit)
     elif os.environ.get("PNNKIT_DATA_DIR"):
         base = Path(os.environ["PNNKIT_DATA_DIR"]) / sub
@@ -133,6 +135,9 @@ def load_task(name: str, **options: Any) -> ClassificationTask:
     seed = options.get("seed", 0)
     if isinstance(seed, int) and not 0 <= seed < SEED_LIMIT:
         raise ConfigError(f"task {name!r}: option 'seed' must be in 0 … 2**32 − 1, got {seed}")
+    folder = options.get("data_dir")
+    if folder is not None and not isinstance(folder, (str, os.PathLike)):  # its annotation is not checked as plain
+        raise ConfigError(f"task {name!r}: option 'data_dir' must be a directory path, got {folder!r}")
     try:
         return _TASKS[name](**options)
     except TypeError as e:

@@ -11,7 +11,7 @@
   8,000 training images of the default split, the central 24×24 holds 99.7 % of the ink).
 * ``downsample=d`` averages pixel areas of the (cropped) image down to d×d (``adaptive_avg_pool2d``; exact block
   means when d divides the side, e.g. 28 → 14 gives 196 features, overlapping areas otherwise); d = c keeps all.
-  ``n_train`` / ``n_test`` take seeded stratified subsets.
+  ``n_train`` / ``n_test`` take seeded stratified subsets (the task's ``meta["split"]`` names their sizes).
 * ``validation=n`` holds out a seeded stratified ``n`` of the *training* images and returns them as the task's
   evaluation set (the test images are not in the returned task): for choosing a design or hyperparameters without looking at
   the test set. ``n_train`` then subsets the remaining training images. ``validation_seed`` draws that held-out set
@@ -190,6 +190,11 @@ def load_mnist(
     elif validation_seed is not None:
         raise ConfigError("mnist: validation_seed needs validation (the number of held-out training images)")
     itr, ite = _subset(ytr, n_train, seed, "n_train"), _subset(yte, n_test, seed, "n_test")
+    evaluated = "held-out" if validation is not None else "test"
+    taken = [f"{key} = {len(i)} of the {len(y)} {what} images" for key, what, i, y in
+             (("n_train", "training", itr, ytr), ("n_test", evaluated, ite, yte)) if len(i) < len(y)]
+    if taken:  # the split says how many images the run used, not only where they came from
+        split += f"; subsets used (seeded, stratified, seed {seed}): {', '.join(taken)}"
     xtr, ytr, xte, yte = xtr[itr], ytr[itr], xte[ite], yte[ite]
     return ClassificationTask(
         "mnist",
